@@ -1,0 +1,195 @@
+//! bench/commit: committed commands per second on one node, with 1 and with
+//! 50 concurrent proposers, beside this disk's own fsync limit measured in
+//! the same run. Prints one table; `bench/commit.sh` runs it.
+//!
+//! Usage: commit-bench [DIR] [SECONDS]   (DIR on the disk to measure)
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hamail_raft::{NodeOptions, RaftNode};
+use hamail_store::Store;
+use hamail_types::{Command, DomainKind, DomainName, MailAddress};
+
+struct Run {
+    ops: u64,
+    secs: f64,
+    lat_us: Vec<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        self.lat_us.sort_unstable();
+        let i = ((self.lat_us.len() - 1) as f64 * p).round() as usize;
+        self.lat_us[i] as f64 / 1000.0
+    }
+}
+
+/// The disk alone: small writes, each followed by fdatasync, one at a time.
+fn disk_fsync_loop(dir: &std::path::Path, dur: Duration) -> anyhow::Result<Run> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fsync-probe"))?;
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    while start.elapsed() < dur && lat.len() < 1_000_000 {
+        let t = Instant::now();
+        f.write_all(&[7u8; 128])?;
+        f.sync_data()?;
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    Ok(Run {
+        ops: lat.len() as u64,
+        secs: start.elapsed().as_secs_f64(),
+        lat_us: lat,
+    })
+}
+
+/// The disk with group commit: `threads` writers doing synced RocksDB writes
+/// (RocksDB joins concurrent synced writes into one WAL fsync).
+fn disk_group_commit(dir: &std::path::Path, threads: usize, dur: Duration) -> anyhow::Result<Run> {
+    let store = Store::open(&dir.join("gc-probe"))?;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while start.elapsed() < dur && lat.len() < 1_000_000 {
+                    let key = (t as u64) << 40 | i;
+                    let tt = Instant::now();
+                    if store.log_append([(key, &[7u8; 128][..])], true).is_err() {
+                        break;
+                    }
+                    lat.push(tt.elapsed().as_micros() as u64);
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().unwrap_or_default());
+    }
+    Ok(Run {
+        ops: lat.len() as u64,
+        secs: start.elapsed().as_secs_f64(),
+        lat_us: lat,
+    })
+}
+
+/// hamail: `proposers` tasks each proposing one small command at a time and
+/// waiting for it to be committed and applied.
+async fn hamail_commits(node: Arc<RaftNode>, proposers: usize, dur: Duration, tag: &str) -> Run {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..proposers {
+        let node = node.clone();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while start.elapsed() < dur && lat.len() < 1_000_000 {
+                let address = MailAddress::parse(&format!("{tag}-p{p}-{i}@bench.example")).unwrap();
+                let t = Instant::now();
+                match node
+                    .propose(vec![Command::RecipientAdd {
+                        address,
+                        value: String::new(),
+                    }])
+                    .await
+                {
+                    Ok(o) if o.iter().all(|o| o.is_applied()) => {}
+                    other => panic!("write failed: {other:?}"),
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap_or_default());
+    }
+    Run {
+        ops: lat.len() as u64,
+        secs: start.elapsed().as_secs_f64(),
+        lat_us: lat,
+    }
+}
+
+fn row(name: &str, r: &mut Run) {
+    println!(
+        "{name:<44} {:>10.0} /s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ops)",
+        r.rate(),
+        r.pct(0.50),
+        r.pct(0.99),
+        r.ops
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let base = args.get(1).map(std::path::PathBuf::from);
+    let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let dur = Duration::from_secs(secs);
+    let tmp = match &base {
+        Some(b) => tempfile::tempdir_in(b)?,
+        None => tempfile::tempdir()?,
+    };
+    let dir = tmp.path();
+    println!("bench/commit: {secs} s per run, data in {}", dir.display());
+
+    let mut disk1 = disk_fsync_loop(dir, dur)?;
+    row("disk: write+fdatasync loop (1 writer)", &mut disk1);
+    let mut disk50 = tokio::task::spawn_blocking({
+        let d = dir.to_path_buf();
+        move || disk_group_commit(&d, 50, dur)
+    })
+    .await??;
+    row("disk: synced RocksDB writes, 50 writers", &mut disk50);
+
+    let store = Store::open(&dir.join("node").join("db"))?;
+    let node = RaftNode::start(1, store, dir.join("node"), &NodeOptions::default()).await?;
+    node.bootstrap_single(Default::default()).await?;
+    node.wait_for_leader(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    node.propose(vec![Command::DomainAdd {
+        domain: DomainName::parse("bench.example")?,
+        kind: DomainKind::Relay,
+    }])
+    .await?;
+
+    let mut h1 = hamail_commits(node.clone(), 1, dur, "one").await;
+    row("hamail: committed commands, 1 proposer", &mut h1);
+    let e0 = node.stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    let mut h50 = hamail_commits(node.clone(), 50, dur, "fifty").await;
+    let e1 = node.stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    row("hamail: committed commands, 50 proposers", &mut h50);
+    println!(
+        "hamail with 50 proposers: {:.1} commands per raft entry",
+        h50.ops as f64 / (e1 - e0).max(1) as f64
+    );
+    println!(
+        "ratios: 1 proposer / disk fsync loop = {:.2}; 50 proposers / disk fsync loop = {:.1}; 50 proposers / disk group commit = {:.2}",
+        h1.rate() / disk1.rate(),
+        h50.rate() / disk1.rate(),
+        h50.rate() / disk50.rate()
+    );
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Admin requests and replies. JSON so that an operator can also talk to the
+//! socket with `socat` in an emergency; typed fields so that a malformed
+//! name is refused when the request is decoded, naming the field.
+
+use std::collections::BTreeMap;
+
+use hamail_raft::RaftStatus;
+use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum AdminRequest {
+    Status,
+    DomainAdd {
+        domain: DomainName,
+        kind: DomainKind,
+    },
+    DomainDel {
+        domain: DomainName,
+    },
+    DomainList,
+    RecipientAdd {
+        address: MailAddress,
+        #[serde(default)]
+        value: String,
+    },
+    RecipientDel {
+        address: MailAddress,
+    },
+    RecipientList {
+        #[serde(default)]
+        domain: Option<DomainName>,
+    },
+    RecipientImport {
+        entries: Vec<(MailAddress, String)>,
+    },
+    AliasAdd {
+        address: MailAddress,
+        targets: Vec<MailAddress>,
+    },
+    AliasDel {
+        address: MailAddress,
+        #[serde(default)]
+        targets: Vec<MailAddress>,
+    },
+    AliasList,
+    TransportSet {
+        domain: DomainName,
+        spec: TransportSpec,
+        #[serde(default)]
+        fallback: Vec<TransportSpec>,
+    },
+    TransportDel {
+        domain: DomainName,
+    },
+    TransportList,
+}
+
+/// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl AdminResponse {
+    pub fn ok(result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(v) => AdminResponse {
+                ok: true,
+                error: None,
+                result: v,
+            },
+            Err(e) => AdminResponse::error(format!("cannot encode the reply: {e}")),
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        AdminResponse {
+            ok: false,
+            error: Some(message.into()),
+            result: serde_json::Value::Null,
+        }
+    }
+}
+
+/// The result of a committed write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub applied: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub version: String,
+    pub name: String,
+    pub site: String,
+    pub data_dir: String,
+    pub raft: RaftStatus,
+    pub tables: BTreeMap<String, u64>,
+    pub state_digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainRow {
+    pub domain: String,
+    pub kind: DomainKind,
+    pub added_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientRow {
+    pub address: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasRow {
+    pub address: String,
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportRow {
+    pub domain: String,
+    pub spec: String,
+    pub fallback: Vec<String>,
+}

@@ -1,0 +1,268 @@
+//! The node's side of the admin socket. Writes become commands proposed
+//! through raft and are answered once committed and applied; reads come from
+//! this node's applied state. A malformed line gets an error reply naming the
+//! cause, and the connection stays usable.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_lite::StreamExt;
+use hamail_raft::RaftNode;
+use hamail_types::{Command, Outcome};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::*;
+use crate::{AdminError, AdminRequest, AdminResponse};
+
+pub const SOCKET_NAME: &str = "admin.sock";
+/// Largest request line (a recipient import of a million addresses fits).
+const MAX_LINE: usize = 256 << 20;
+
+pub struct AdminContext {
+    pub node: Arc<RaftNode>,
+    pub name: String,
+    pub site: String,
+    pub data_dir: PathBuf,
+}
+
+/// Binds the admin socket (mode 0600) and serves it until `cancel`.
+pub fn serve(
+    path: PathBuf,
+    ctx: Arc<AdminContext>,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+    let listen_err = |e: std::io::Error| AdminError::Listen {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    // The caller holds the data directory lock, so a socket file left here
+    // is from a process that is gone.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(listen_err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(tokio::spawn(accept_loop(listener, ctx, cancel)))
+}
+
+async fn accept_loop(listener: UnixListener, ctx: Arc<AdminContext>, cancel: CancellationToken) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(connection(stream, ctx.clone(), cancel.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn connection(stream: UnixStream, ctx: Arc<AdminContext>, cancel: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        let line = tokio::select! {
+            _ = cancel.cancelled() => return,
+            l = lines.next() => l,
+        };
+        let resp = match line {
+            None => return,
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                let r = AdminResponse::error(format!(
+                    "malformed request: longer than {MAX_LINE} bytes"
+                ));
+                let _ = send(&mut write, &r).await;
+                return;
+            }
+            Some(Err(LinesCodecError::Io(e))) => {
+                tracing::debug!(error = %e, "admin connection read failed");
+                return;
+            }
+            Some(Ok(line)) if line.trim().is_empty() => continue,
+            Some(Ok(line)) => match serde_json::from_str::<AdminRequest>(&line) {
+                Ok(req) => handle(&ctx, req).await,
+                Err(e) => AdminResponse::error(format!("malformed request: {e}")),
+            },
+        };
+        if send(&mut write, &resp).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &AdminResponse) -> std::io::Result<()> {
+    let mut buf = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+    buf.push(b'\n');
+    w.write_all(&buf).await
+}
+
+/// Proposes commands and turns their outcomes into a reply: an error if any
+/// was rejected (a rejected command changed nothing).
+async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
+    for c in &commands {
+        if let Err(e) = c.validate() {
+            return AdminResponse::error(e.to_string());
+        }
+    }
+    match ctx.node.propose(commands).await {
+        Ok(outcomes) => {
+            let mut applied = Vec::new();
+            for o in outcomes {
+                match o {
+                    Outcome::Applied { detail } => applied.push(detail),
+                    Outcome::Rejected { reason } => return AdminResponse::error(reason),
+                    other => return AdminResponse::error(format!("unexpected outcome {other:?}")),
+                }
+            }
+            AdminResponse::ok(WriteResult { applied })
+        }
+        Err(e) => AdminResponse::error(e.to_string()),
+    }
+}
+
+/// Runs a read of the local applied state off the async threads.
+async fn read<T: serde::Serialize + Send + 'static>(
+    ctx: &AdminContext,
+    f: impl FnOnce(&hamail_store::Store) -> Result<T, hamail_store::StoreError> + Send + 'static,
+) -> AdminResponse {
+    let store = ctx.node.store().clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(Ok(v)) => AdminResponse::ok(v),
+        Ok(Err(e)) => AdminResponse::error(e.to_string()),
+        Err(e) => AdminResponse::error(format!("read failed: {e}")),
+    }
+}
+
+async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
+    match req {
+        AdminRequest::Status => {
+            let raft = ctx.node.status();
+            let (name, site, data_dir) = (
+                ctx.name.clone(),
+                ctx.site.clone(),
+                ctx.data_dir.display().to_string(),
+            );
+            read(ctx, move |s| {
+                let tables: BTreeMap<String, u64> = s
+                    .table_counts()?
+                    .into_iter()
+                    .map(|(t, n)| (t.cf_name().to_string(), n))
+                    .collect();
+                Ok(StatusInfo {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    name,
+                    site,
+                    data_dir,
+                    raft,
+                    tables,
+                    state_digest: s.state_digest()?,
+                })
+            })
+            .await
+        }
+        AdminRequest::DomainAdd { domain, kind } => {
+            write(ctx, vec![Command::DomainAdd { domain, kind }]).await
+        }
+        AdminRequest::DomainDel { domain } => write(ctx, vec![Command::DomainDel { domain }]).await,
+        AdminRequest::DomainList => {
+            read(ctx, |s| {
+                Ok(s.domains()?
+                    .into_iter()
+                    .map(|(d, r)| DomainRow {
+                        domain: d.to_string(),
+                        kind: r.kind,
+                        added_ms: r.added_ms,
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+        AdminRequest::RecipientAdd { address, value } => {
+            write(ctx, vec![Command::RecipientAdd { address, value }]).await
+        }
+        AdminRequest::RecipientDel { address } => {
+            write(ctx, vec![Command::RecipientDel { address }]).await
+        }
+        AdminRequest::RecipientList { domain } => {
+            read(ctx, move |s| {
+                Ok(s.recipients(domain.as_ref())?
+                    .into_iter()
+                    .map(|(a, r)| RecipientRow {
+                        address: a.to_string(),
+                        value: r.value,
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+        AdminRequest::RecipientImport { entries } => {
+            tracing::info!(recipients = entries.len(), "recipient import received");
+            write(ctx, vec![Command::RecipientImport { entries }]).await
+        }
+        AdminRequest::AliasAdd { address, targets } => {
+            write(ctx, vec![Command::AliasAdd { address, targets }]).await
+        }
+        AdminRequest::AliasDel { address, targets } => {
+            write(ctx, vec![Command::AliasDel { address, targets }]).await
+        }
+        AdminRequest::AliasList => {
+            read(ctx, |s| {
+                Ok(s.aliases(None)?
+                    .into_iter()
+                    .map(|(a, r)| AliasRow {
+                        address: a.to_string(),
+                        targets: r.targets.iter().map(|t| t.to_string()).collect(),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+        AdminRequest::TransportSet {
+            domain,
+            spec,
+            fallback,
+        } => {
+            write(
+                ctx,
+                vec![Command::TransportSet {
+                    domain,
+                    spec,
+                    fallback,
+                }],
+            )
+            .await
+        }
+        AdminRequest::TransportDel { domain } => {
+            write(ctx, vec![Command::TransportDel { domain }]).await
+        }
+        AdminRequest::TransportList => {
+            read(ctx, |s| {
+                Ok(s.transports()?
+                    .into_iter()
+                    .map(|(d, r)| TransportRow {
+                        domain: d.to_string(),
+                        spec: r.spec.to_string(),
+                        fallback: r.fallback.iter().map(|f| f.to_string()).collect(),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! hamail's configuration: TOML, every key with a default and a doc comment,
+//! unknown keys refused. `Config::default()` is the embedded single-node
+//! default that `hamail serve` runs on without a file; the example file
+//! `config/hamail.example.toml` states the same values (a test checks it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: key {key}: {reason}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub cluster: ClusterSection,
+    pub rpc: RpcSection,
+    pub dns: DnsSection,
+    pub smtp: SmtpSection,
+    pub metrics: MetricsSection,
+}
+
+/// `[node]`: who this node is and where it keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Node name, unique in the cluster; also the DNS host name used for it.
+    pub name: String,
+    /// Site label (a data centre or city); shown by `cluster status`.
+    pub site: String,
+    /// Data directory: RocksDB, snapshots, the admin socket. Relative paths
+    /// are relative to the working directory of `hamail serve`.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    pub log: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: "hamail".into(),
+            site: "default".into(),
+            data_dir: PathBuf::from("./hamail-data"),
+            log: "info".into(),
+        }
+    }
+}
+
+/// `[cluster]`: raft settings. Defaults hold at 150 ms round trips between
+/// sites: a heartbeat every 250 ms, elections after 1.5–3 s of silence (six
+/// missed heartbeats, ten round trips), so a slow link does not start
+/// needless elections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Initialise this node as a one-node cluster on first start. Set to
+    /// false on nodes that will join an existing cluster.
+    pub bootstrap: bool,
+    /// Cluster name; nodes of different clusters refuse each other.
+    pub name: String,
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the election timeout, ms.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout, ms.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept after a snapshot (so slow followers catch up from
+    /// the log rather than a snapshot).
+    pub max_logs_kept_after_snapshot: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            bootstrap: true,
+            name: "hamail".into(),
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_logs_since_last: 5000,
+            max_logs_kept_after_snapshot: 1000,
+        }
+    }
+}
+
+/// `[rpc]`: the cluster RPC listener (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcSection {
+    /// Address the cluster RPC listens on.
+    pub listen: SocketAddr,
+    /// Address other nodes dial (behind NAT, the public one). Empty: `listen`.
+    pub advertise: String,
+}
+
+impl Default for RpcSection {
+    fn default() -> Self {
+        RpcSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: String::new(),
+        }
+    }
+}
+
+/// `[dns]`: authoritative DNS listeners (UDP and TCP on each address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Addresses to answer DNS on; production uses port 53.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1053))],
+        }
+    }
+}
+
+/// `[smtp]`: the MX listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    /// Addresses to accept mail on; production uses port 25.
+    pub listen: Vec<SocketAddr>,
+    /// Submission listeners (587 in production).
+    pub submission_listen: Vec<SocketAddr>,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            submission_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1587))],
+        }
+    }
+}
+
+/// `[metrics]`: HTTP `/health` and `/metrics` (Prometheus text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of the metrics and health endpoint.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            reason,
+        };
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if !label_ok(&self.node.name) {
+            return Err(bad(
+                "node.name",
+                format!("{:?} must be 1-63 letters, digits, '-' or '.'", self.node.name),
+            ));
+        }
+        if !label_ok(&self.node.site) {
+            return Err(bad(
+                "node.site",
+                format!("{:?} must be 1-63 letters, digits, '-' or '.'", self.node.site),
+            ));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(bad("node.data_dir", "must not be empty".into()));
+        }
+        let c = &self.cluster;
+        if c.heartbeat_interval_ms == 0 {
+            return Err(bad("cluster.heartbeat_interval_ms", "must be above 0".into()));
+        }
+        if c.election_timeout_min_ms <= c.heartbeat_interval_ms * 2 {
+            return Err(bad(
+                "cluster.election_timeout_min_ms",
+                format!(
+                    "{} must be more than twice cluster.heartbeat_interval_ms ({})",
+                    c.election_timeout_min_ms, c.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return Err(bad(
+                "cluster.election_timeout_max_ms",
+                format!(
+                    "{} must be above cluster.election_timeout_min_ms ({})",
+                    c.election_timeout_max_ms, c.election_timeout_min_ms
+                ),
+            ));
+        }
+        if c.snapshot_logs_since_last == 0 {
+            return Err(bad("cluster.snapshot_logs_since_last", "must be above 0".into()));
+        }
+        if c.name.is_empty() {
+            return Err(bad("cluster.name", "must not be empty".into()));
+        }
+        if !self.rpc.advertise.is_empty() && !self.rpc.advertise.contains(':') {
+            return Err(bad(
+                "rpc.advertise",
+                format!("{:?} must be host:port", self.rpc.advertise),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address other nodes dial for cluster RPC.
+    pub fn rpc_advertise(&self) -> String {
+        if self.rpc.advertise.is_empty() {
+            self.rpc.listen.to_string()
+        } else {
+            self.rpc.advertise.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[node]\nname = \"a\"\ncolour = \"red\"\n", "t.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("t.toml") && msg.contains("colour") && msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let msg = Config::parse("[cluster]\nbootstrap = \"yes\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 2") && msg.contains("bool"), "{msg}");
+        let msg = Config::parse("[metrics]\nlisten = \"nowhere\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let msg = Config::parse("[cluster]\nelection_timeout_min_ms = 100\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cluster.election_timeout_min_ms"), "{msg}");
+        let msg = Config::parse("[node]\nname = \"a b\"\n", "t.toml").unwrap_err().to_string();
+        assert!(msg.contains("node.name"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,329 @@
+//! A running raft node: openraft over our storage, and the proposer that
+//! turns concurrent client writes into few raft entries (group commit).
+//!
+//! Proposals queue on a channel. The proposer takes the first, waits for a
+//! free in-flight slot, then drains everything else that arrived meanwhile
+//! into the same entry. Under load, entries grow; alone, a write goes out at
+//! once. Several entries may be in flight, and the log flusher merges their
+//! fsyncs again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hamail_store::Store;
+use hamail_types::{Command, NodeId, Outcome};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{HamailRaft, NoPeers, NodeInfo, Request, open_storage};
+
+const MAX_INFLIGHT: usize = 8;
+const MAX_BATCH_COMMANDS: usize = 8192;
+
+/// Raft timing and snapshot policy, from the config.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub cluster_name: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub max_logs_kept_after_snapshot: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            cluster_name: "hamail".into(),
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_logs_since_last: 5000,
+            max_logs_kept_after_snapshot: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    #[error("cannot open the raft storage: {0}")]
+    Storage(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    #[error("this node is not the leader{}", .leader.as_ref().map(|(id, n)| format!(" (the leader is node {id}, {n})")).unwrap_or_else(|| "; no leader is known (no quorum?)".into()))]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+    #[error("write failed: {0}")]
+    Failed(String),
+}
+
+struct Proposal {
+    commands: Vec<Command>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, ProposeError>>,
+}
+
+/// Counters for benchmarks and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProposerStats {
+    pub proposals: AtomicU64,
+    pub entries: AtomicU64,
+}
+
+pub struct RaftNode {
+    pub raft: HamailRaft,
+    node_id: NodeId,
+    store: Store,
+    tx: mpsc::Sender<Proposal>,
+    pub stats: Arc<ProposerStats>,
+}
+
+/// What `hamail status` shows of raft.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RaftStatus {
+    pub node_id: NodeId,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub millis_since_quorum_ack: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RaftNode {
+    /// Starts raft on an opened store. `data_dir` holds the snapshot files.
+    pub async fn start(
+        node_id: NodeId,
+        store: Store,
+        data_dir: PathBuf,
+        opts: &NodeOptions,
+    ) -> Result<Arc<RaftNode>, StartError> {
+        let config = Config {
+            cluster_name: opts.cluster_name.clone(),
+            heartbeat_interval: opts.heartbeat_interval_ms,
+            election_timeout_min: opts.election_timeout_min_ms,
+            election_timeout_max: opts.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: opts.max_logs_kept_after_snapshot,
+            ..Default::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        );
+        let (log, sm) = open_storage(store.clone(), data_dir.join("snapshots"))
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let raft = Raft::new(node_id, config, NoPeers, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(16384);
+        let stats = Arc::new(ProposerStats::default());
+        tokio::spawn(proposer(raft.clone(), node_id, rx, stats.clone()));
+        let node = Arc::new(RaftNode {
+            raft,
+            node_id,
+            store,
+            tx,
+            stats,
+        });
+        node.elect_if_sole_voter().await;
+        Ok(node)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Makes this node a one-voter cluster, unless raft is initialized.
+    pub async fn bootstrap_single(&self, info: NodeInfo) -> Result<bool, StartError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.node_id, info)]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// A sole voter need not wait out an election timeout after a restart.
+    async fn elect_if_sole_voter(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if voters == [self.node_id] {
+            let _ = self.raft.trigger().elect().await;
+        }
+    }
+
+    /// Waits until this node knows a leader (or `timeout` passes).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Some(l);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return None },
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    /// Proposes commands; returns once they are committed and applied, with
+    /// one outcome per command.
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Proposal { commands, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped("the proposer has stopped".into()))?;
+        rx.await
+            .map_err(|_| ProposeError::Stopped("the proposer dropped the write".into()))?
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        RaftStatus {
+            node_id: self.node_id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters,
+            learners,
+            nodes,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+async fn proposer(
+    raft: HamailRaft,
+    node_id: NodeId,
+    mut rx: mpsc::Receiver<Proposal>,
+    stats: Arc<ProposerStats>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        let mut n = batch[0].commands.len();
+        while n < MAX_BATCH_COMMANDS {
+            match rx.try_recv() {
+                Ok(p) => {
+                    n += p.commands.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.proposals.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.entries.fetch_add(1, Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut counts = Vec::with_capacity(batch.len());
+            let mut commands = Vec::with_capacity(n);
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                counts.push(p.commands.len());
+                commands.extend(p.commands);
+                replies.push(p.reply);
+            }
+            let req = Request {
+                time_ms: now_ms(),
+                proposer: node_id,
+                commands,
+            };
+            match raft.client_write(req).await {
+                Ok(resp) => {
+                    let mut outcomes = resp.data.outcomes.into_iter();
+                    for (reply, count) in replies.into_iter().zip(counts) {
+                        let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
+                        let r = if mine.len() == count {
+                            Ok(mine)
+                        } else {
+                            Err(ProposeError::Failed("state machine returned too few outcomes".into()))
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            ProposeError::NotLeader {
+                                leader: f.leader_id.zip(f.leader_node),
+                            }
+                        }
+                        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                        other => ProposeError::Failed(other.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,333 @@
+//! Applying commands to the tables. An [`Applier`] collects the writes of one
+//! or more raft entries in an overlay (so a later command in the same batch
+//! sees an earlier one's writes) and commits them, with the state-machine
+//! metadata, as one RocksDB WriteBatch. Apply is deterministic — time comes
+//! from the entry — and a command that does not fit the state is answered
+//! with a rejection, never a panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hamail_types::{Command, DomainKind, DomainName, MailAddress, Outcome};
+use rocksdb::WriteBatch;
+
+use crate::db::CF_SM_META;
+use crate::tables::{
+    AliasRecord, DomainRecord, RecipientRecord, Table, TransportRecord, address_key, domain_key,
+    domain_prefix,
+};
+use crate::{Result, Store, StoreError, decode, encode};
+
+pub struct Applier<'a> {
+    store: &'a Store,
+    overlay: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Applier {
+            store,
+            overlay: BTreeMap::new(),
+            meta: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.overlay.get(&(table, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(table, key),
+        }
+    }
+
+    fn get_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>> {
+        self.get(table, key)?.map(|v| decode(what, &v)).transpose()
+    }
+
+    fn put<T: serde::Serialize>(&mut self, table: Table, key: Vec<u8>, value: &T) {
+        self.overlay.insert((table, key), Some(encode(value)));
+    }
+
+    fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.overlay.insert((table, key), None);
+    }
+
+    /// Number of rows under `prefix`, counting this batch's writes.
+    fn count_prefix(&self, table: Table, prefix: &[u8]) -> Result<usize> {
+        let mut keys = BTreeSet::new();
+        self.store.scan_prefix(table, prefix, |k, _| {
+            keys.insert(k.to_vec());
+            Ok(())
+        })?;
+        for ((t, k), v) in self.overlay.range((table, prefix.to_vec())..) {
+            if *t != table || !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Records a state-machine metadata value (last applied, membership) to be
+    /// written in the same batch as the data.
+    pub fn set_meta(&mut self, key: &str, value: Vec<u8>) {
+        self.meta.insert(key.to_string(), value);
+    }
+
+    /// Writes everything collected as one WriteBatch. Not synced on its own:
+    /// the raft log holds the entries, and the next log fsync (or a purge,
+    /// which syncs first) makes this durable.
+    pub fn commit(self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for ((t, k), v) in &self.overlay {
+            let cf = self.store.table_cf(*t);
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        let meta_cf = self.store.cf(CF_SM_META);
+        for (k, v) in &self.meta {
+            batch.put_cf(meta_cf, k, v);
+        }
+        self.store
+            .inner
+            .db
+            .write(batch)
+            .map_err(|e| StoreError::io("apply", e))
+    }
+
+    /// Applies one command. `Err` only for a storage failure; a command that
+    /// does not fit the state is an `Ok(Outcome::Rejected)` and changes nothing.
+    pub fn apply(&mut self, cmd: &Command, time_ms: u64) -> Result<Outcome> {
+        if let Err(e) = cmd.validate() {
+            return Ok(Outcome::rejected(e.to_string()));
+        }
+        match cmd {
+            Command::DomainAdd { domain, kind } => self.domain_add(domain, *kind, time_ms),
+            Command::DomainDel { domain } => self.domain_del(domain),
+            Command::RecipientAdd { address, value } => {
+                if let Some(reason) = self.recipient_domain_problem(address)? {
+                    return Ok(Outcome::rejected(reason));
+                }
+                let existed = self.get(Table::Recipients, &address_key(address))?.is_some();
+                self.put(
+                    Table::Recipients,
+                    address_key(address),
+                    &RecipientRecord {
+                        value: value.clone(),
+                        added_ms: time_ms,
+                    },
+                );
+                Ok(Outcome::applied(if existed {
+                    format!("recipient {address} updated")
+                } else {
+                    format!("recipient {address} added")
+                }))
+            }
+            Command::RecipientDel { address } => {
+                let key = address_key(address);
+                if self.get(Table::Recipients, &key)?.is_none() {
+                    return Ok(Outcome::rejected(format!("no such recipient: {address}")));
+                }
+                self.delete(Table::Recipients, key);
+                Ok(Outcome::applied(format!("recipient {address} deleted")))
+            }
+            Command::RecipientImport { entries } => self.recipient_import(entries, time_ms),
+            Command::AliasAdd { address, targets } => self.alias_add(address, targets, time_ms),
+            Command::AliasDel { address, targets } => self.alias_del(address, targets, time_ms),
+            Command::TransportSet {
+                domain,
+                spec,
+                fallback,
+            } => {
+                self.put(
+                    Table::Transports,
+                    domain_key(domain),
+                    &TransportRecord {
+                        spec: spec.clone(),
+                        fallback: fallback.clone(),
+                        updated_ms: time_ms,
+                    },
+                );
+                Ok(Outcome::applied(format!("transport for {domain} set to {spec}")))
+            }
+            Command::TransportDel { domain } => {
+                if self.get(Table::Transports, &domain_key(domain))?.is_none() {
+                    return Ok(Outcome::rejected(format!("no transport for {domain}")));
+                }
+                self.delete(Table::Transports, domain_key(domain));
+                Ok(Outcome::applied(format!("transport for {domain} deleted")))
+            }
+            other => Ok(Outcome::rejected(format!(
+                "this node cannot apply {other:?}: upgrade it"
+            ))),
+        }
+    }
+
+    fn domain_add(&mut self, domain: &DomainName, kind: DomainKind, t: u64) -> Result<Outcome> {
+        if let Some(existing) =
+            self.get_typed::<DomainRecord>(Table::Domains, &domain_key(domain), "domain")?
+        {
+            return Ok(if existing.kind == kind {
+                Outcome::applied(format!("domain {domain} already exists ({kind}), unchanged"))
+            } else {
+                Outcome::rejected(format!(
+                    "domain {domain} already exists with kind {}; delete it first to make it {kind}",
+                    existing.kind
+                ))
+            });
+        }
+        if kind == DomainKind::Virtual {
+            let n = self.count_prefix(Table::Recipients, &domain_prefix(domain))?;
+            if n > 0 {
+                return Ok(Outcome::rejected(format!(
+                    "domain {domain} cannot be virtual: it has {n} recipients"
+                )));
+            }
+        }
+        self.put(
+            Table::Domains,
+            domain_key(domain),
+            &DomainRecord {
+                kind,
+                added_ms: t,
+            },
+        );
+        Ok(Outcome::applied(format!("domain {domain} added ({kind})")))
+    }
+
+    fn domain_del(&mut self, domain: &DomainName) -> Result<Outcome> {
+        if self.get(Table::Domains, &domain_key(domain))?.is_none() {
+            return Ok(Outcome::rejected(format!("no such domain: {domain}")));
+        }
+        let recipients = self.count_prefix(Table::Recipients, &domain_prefix(domain))?;
+        let aliases = self.count_prefix(Table::Aliases, &domain_prefix(domain))?;
+        if recipients + aliases > 0 {
+            return Ok(Outcome::rejected(format!(
+                "domain {domain} still has {recipients} recipients and {aliases} aliases; delete them first"
+            )));
+        }
+        self.delete(Table::Domains, domain_key(domain));
+        Ok(Outcome::applied(format!("domain {domain} deleted")))
+    }
+
+    /// Why `address` cannot be a recipient, if it cannot.
+    fn recipient_domain_problem(&self, address: &MailAddress) -> Result<Option<String>> {
+        let domain = address.domain();
+        Ok(
+            match self.get_typed::<DomainRecord>(Table::Domains, &domain_key(domain), "domain")? {
+                None => Some(format!(
+                    "{address}: domain {domain} is not a hamail domain (add it with `hamail domain add {domain}`)"
+                )),
+                Some(d) if d.kind == DomainKind::Virtual => Some(format!(
+                    "{address}: domain {domain} is virtual (aliases only); use `hamail alias add`"
+                )),
+                Some(_) => None,
+            },
+        )
+    }
+
+    fn recipient_import(&mut self, entries: &[(MailAddress, String)], t: u64) -> Result<Outcome> {
+        // All or nothing: check every domain first, then write.
+        let mut checked: BTreeMap<&DomainName, Option<String>> = BTreeMap::new();
+        for (address, _) in entries {
+            let problem = match checked.get(address.domain()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.recipient_domain_problem(address)?;
+                    checked.insert(address.domain(), p.clone());
+                    p
+                }
+            };
+            if let Some(reason) = problem {
+                return Ok(Outcome::rejected(format!(
+                    "import refused, nothing imported: {reason}"
+                )));
+            }
+        }
+        let mut new = 0usize;
+        for (address, value) in entries {
+            let key = address_key(address);
+            if self.get(Table::Recipients, &key)?.is_none() {
+                new += 1;
+            }
+            self.put(
+                Table::Recipients,
+                key,
+                &RecipientRecord {
+                    value: value.clone(),
+                    added_ms: t,
+                },
+            );
+        }
+        Ok(Outcome::applied(format!(
+            "imported {} recipients ({new} new)",
+            entries.len()
+        )))
+    }
+
+    fn alias_add(&mut self, address: &MailAddress, targets: &[MailAddress], t: u64) -> Result<Outcome> {
+        let domain = address.domain();
+        if self.get(Table::Domains, &domain_key(domain))?.is_none() {
+            return Ok(Outcome::rejected(format!(
+                "{address}: domain {domain} is not a hamail domain (add it with `hamail domain add {domain}`)"
+            )));
+        }
+        let key = address_key(address);
+        let mut record = self
+            .get_typed::<AliasRecord>(Table::Aliases, &key, "alias")?
+            .unwrap_or(AliasRecord {
+                targets: Vec::new(),
+                updated_ms: t,
+            });
+        for target in targets {
+            if !record.targets.contains(target) {
+                record.targets.push(target.clone());
+            }
+        }
+        if record.targets.len() > hamail_types::command::MAX_ALIAS_TARGETS {
+            return Ok(Outcome::rejected(format!(
+                "alias {address} would have more than {} targets",
+                hamail_types::command::MAX_ALIAS_TARGETS
+            )));
+        }
+        record.updated_ms = t;
+        let n = record.targets.len();
+        self.put(Table::Aliases, key, &record);
+        Ok(Outcome::applied(format!("alias {address} now has {n} targets")))
+    }
+
+    fn alias_del(&mut self, address: &MailAddress, targets: &[MailAddress], t: u64) -> Result<Outcome> {
+        let key = address_key(address);
+        let Some(mut record) = self.get_typed::<AliasRecord>(Table::Aliases, &key, "alias")? else {
+            return Ok(Outcome::rejected(format!("no such alias: {address}")));
+        };
+        if targets.is_empty() {
+            self.delete(Table::Aliases, key);
+            return Ok(Outcome::applied(format!("alias {address} deleted")));
+        }
+        if let Some(missing) = targets.iter().find(|t| !record.targets.contains(t)) {
+            return Ok(Outcome::rejected(format!(
+                "alias {address} has no target {missing}"
+            )));
+        }
+        record.targets.retain(|x| !targets.contains(x));
+        if record.targets.is_empty() {
+            self.delete(Table::Aliases, key);
+            return Ok(Outcome::applied(format!("alias {address} deleted (no targets left)")));
+        }
+        record.updated_ms = t;
+        let n = record.targets.len();
+        self.put(Table::Aliases, key, &record);
+        Ok(Outcome::applied(format!("alias {address} now has {n} targets")))
+    }
+}

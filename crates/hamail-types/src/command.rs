@@ -1,0 +1,199 @@
+//! The replicated command set. A command travels inside a raft entry, is
+//! validated before it is proposed (`validate`), and is applied by the state
+//! machine, which answers each one with an [`Outcome`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DomainName, MailAddress, TransportSpec, TypesError};
+
+/// How mail for a domain is handled, in Postfix's address-class words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DomainKind {
+    /// Final destination: delivered to mailboxes (Maildir) or over LMTP.
+    Local,
+    /// Accepted for known recipients and relayed to the domain's transport.
+    Relay,
+    /// Aliases only; every address is rewritten to other addresses.
+    Virtual,
+}
+
+impl fmt::Display for DomainKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DomainKind::Local => "local",
+            DomainKind::Relay => "relay",
+            DomainKind::Virtual => "virtual",
+        })
+    }
+}
+
+impl FromStr for DomainKind {
+    type Err = TypesError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "local" => Ok(DomainKind::Local),
+            "relay" => Ok(DomainKind::Relay),
+            "virtual" => Ok(DomainKind::Virtual),
+            _ => Err(TypesError::Kind {
+                input: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// Largest number of targets one alias may have.
+pub const MAX_ALIAS_TARGETS: usize = 1000;
+/// Largest value kept for a recipient (the right-hand side of a map line).
+pub const MAX_RECIPIENT_VALUE: usize = 1024;
+
+/// One change to the replicated tables. Commands are keyed by domain so that the
+/// tables can later be split into several raft groups without changing them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    DomainAdd {
+        domain: DomainName,
+        kind: DomainKind,
+    },
+    DomainDel {
+        domain: DomainName,
+    },
+    RecipientAdd {
+        address: MailAddress,
+        /// The map value (`address value`): kept, not interpreted yet.
+        value: String,
+    },
+    RecipientDel {
+        address: MailAddress,
+    },
+    /// A whole map file: applied all at once or not at all.
+    RecipientImport {
+        entries: Vec<(MailAddress, String)>,
+    },
+    AliasAdd {
+        address: MailAddress,
+        targets: Vec<MailAddress>,
+    },
+    /// Deletes the given targets, or the whole alias when `targets` is empty.
+    AliasDel {
+        address: MailAddress,
+        targets: Vec<MailAddress>,
+    },
+    TransportSet {
+        domain: DomainName,
+        spec: TransportSpec,
+        fallback: Vec<TransportSpec>,
+    },
+    TransportDel {
+        domain: DomainName,
+    },
+}
+
+impl Command {
+    /// Checks what can be checked without the replicated state. Run before a
+    /// command is proposed; apply checks the rest against the state.
+    pub fn validate(&self) -> Result<(), TypesError> {
+        let bad = |m: String| Err(TypesError::Command(m));
+        match self {
+            Command::RecipientAdd { value, .. } if value.len() > MAX_RECIPIENT_VALUE => bad(
+                format!("recipient value longer than {MAX_RECIPIENT_VALUE} bytes"),
+            ),
+            Command::RecipientImport { entries } => {
+                if entries.is_empty() {
+                    return bad("the import holds no recipients".into());
+                }
+                if let Some((a, _)) = entries.iter().find(|(_, v)| v.len() > MAX_RECIPIENT_VALUE)
+                {
+                    return bad(format!(
+                        "value of {a} longer than {MAX_RECIPIENT_VALUE} bytes"
+                    ));
+                }
+                Ok(())
+            }
+            Command::AliasAdd { address, targets } => {
+                if targets.is_empty() {
+                    return bad(format!("alias {address} needs at least one target"));
+                }
+                if targets.len() > MAX_ALIAS_TARGETS {
+                    return bad(format!(
+                        "alias {address} has more than {MAX_ALIAS_TARGETS} targets"
+                    ));
+                }
+                if targets.contains(address) {
+                    return bad(format!("alias {address} must not point at itself"));
+                }
+                Ok(())
+            }
+            Command::TransportSet { fallback, .. } if fallback.len() > 8 => {
+                bad("at most 8 fallback transports".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The domain a command belongs to (the future raft-group key).
+    pub fn shard_key(&self) -> Option<&DomainName> {
+        match self {
+            Command::DomainAdd { domain, .. }
+            | Command::DomainDel { domain }
+            | Command::TransportSet { domain, .. }
+            | Command::TransportDel { domain } => Some(domain),
+            Command::RecipientAdd { address, .. }
+            | Command::RecipientDel { address }
+            | Command::AliasAdd { address, .. }
+            | Command::AliasDel { address, .. } => Some(address.domain()),
+            Command::RecipientImport { .. } => None,
+        }
+    }
+}
+
+/// What applying one command did. A rejection changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Outcome {
+    Applied { detail: String },
+    Rejected { reason: String },
+}
+
+impl Outcome {
+    pub fn applied(detail: impl Into<String>) -> Self {
+        Outcome::Applied {
+            detail: detail.into(),
+        }
+    }
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Outcome::Rejected {
+            reason: reason.into(),
+        }
+    }
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_self_alias_and_empty_import() {
+        let a = MailAddress::parse("a@example.com").unwrap();
+        let cmd = Command::AliasAdd {
+            address: a.clone(),
+            targets: vec![a.clone()],
+        };
+        assert!(cmd.validate().is_err());
+        assert!(
+            Command::RecipientImport { entries: vec![] }
+                .validate()
+                .is_err()
+        );
+        assert_eq!("Relay".parse::<DomainKind>().unwrap(), DomainKind::Relay);
+        assert!("mailbox".parse::<DomainKind>().is_err());
+    }
+}

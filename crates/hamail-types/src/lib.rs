@@ -1,0 +1,34 @@
+//! Types shared by every hamail crate: domain names, mail addresses, transports,
+//! and the replicated command set. Pure data and validation; no IO here, so all
+//! of it can be unit-tested and fuzzed.
+
+mod address;
+pub mod command;
+mod domain;
+mod map;
+mod transport;
+
+pub use address::MailAddress;
+pub use command::{Command, DomainKind, Outcome};
+pub use domain::DomainName;
+pub use map::{MapEntry, MapError, parse_postfix_map};
+pub use transport::{NextHop, TransportSpec};
+
+/// A raft node id. Ids are handed out by the cluster and never reused.
+pub type NodeId = u64;
+
+/// Why a name, address or spec was refused. Every variant names the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TypesError {
+    #[error("invalid domain name {input:?}: {reason}")]
+    Domain { input: String, reason: String },
+    #[error("invalid mail address {input:?}: {reason}")]
+    Address { input: String, reason: String },
+    #[error("invalid transport {input:?}: {reason}")]
+    Transport { input: String, reason: String },
+    #[error("invalid domain kind {input:?}: expected local, relay or virtual")]
+    Kind { input: String },
+    #[error("invalid command: {0}")]
+    Command(String),
+}

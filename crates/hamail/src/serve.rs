@@ -1,0 +1,176 @@
+//! `hamail serve`: take the data directory, bind the listeners, open the
+//! store, start raft (bootstrapping a one-node cluster on first start when
+//! configured), serve the admin socket and metrics, and stop cleanly on
+//! SIGTERM or SIGINT.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hamail_admin::{AdminContext, SOCKET_NAME};
+use hamail_config::Config;
+use hamail_raft::{NodeInfo, NodeOptions, RaftNode};
+use hamail_store::{Store, decode, encode};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+const KEY_NODE_ID: &str = "node_id";
+/// The node id a bootstrapping node gives itself; joiners get theirs from
+/// the cluster, and ids are never reused.
+const FIRST_NODE_ID: u64 = 1;
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.node.log))
+        .with_context(|| format!("invalid log filter {:?} (node.log)", cfg.node.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hamail")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+/// The data directory lock: held for the life of the process, so a second
+/// `hamail serve` on the same directory is refused.
+struct DataDirLock {
+    _file: File,
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("data directory {} is not a directory", dir.display());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let path = dir.join("hamail.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "data directory {} is in use by another hamail process (pid {})",
+                dir.display(),
+                pid.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(DataDirLock { _file: file })
+}
+
+fn node_id(store: &Store, bootstrap: bool) -> anyhow::Result<u64> {
+    if let Some(raw) = store.raft_meta_get(KEY_NODE_ID)? {
+        return Ok(decode::<u64>("node id", &raw)?);
+    }
+    if !bootstrap {
+        bail!(
+            "this node is in no cluster and [cluster] bootstrap = false; \
+             set bootstrap = true to start a one-node cluster (joining an existing cluster \
+             needs `hamail cluster join`, which this build does not have yet)"
+        );
+    }
+    store.raft_meta_put(KEY_NODE_ID, &encode(&FIRST_NODE_ID), true)?;
+    Ok(FIRST_NODE_ID)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let data_dir: PathBuf = cfg.node.data_dir.clone();
+    let _lock = lock_data_dir(&data_dir)?;
+
+    // Bind before touching the store: a busy port changes nothing.
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (metrics.listen)", cfg.metrics.listen))?;
+
+    let store = Store::open(&data_dir.join("db"))?;
+    let id = node_id(&store, cfg.cluster.bootstrap)?;
+    let opts = NodeOptions {
+        cluster_name: cfg.cluster.name.clone(),
+        heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
+        election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,
+        election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
+        snapshot_logs_since_last: cfg.cluster.snapshot_logs_since_last,
+        max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
+    };
+    let node = RaftNode::start(id, store, data_dir.clone(), &opts).await?;
+    if cfg.cluster.bootstrap {
+        let info = NodeInfo {
+            name: cfg.node.name.clone(),
+            site: cfg.node.site.clone(),
+            rpc_addr: cfg.rpc_advertise(),
+            dns_addr: cfg.dns.listen.first().map(|a| a.to_string()).unwrap_or_default(),
+            smtp_addr: cfg.smtp.listen.first().map(|a| a.to_string()).unwrap_or_default(),
+        };
+        if node.bootstrap_single(info).await? {
+            tracing::info!(node_id = id, "initialized a one-node cluster");
+        }
+    }
+    match node.wait_for_leader(Duration::from_secs(10)).await {
+        Some(leader) => tracing::info!(node_id = id, leader, "raft is up"),
+        None => tracing::warn!(node_id = id, "no raft leader yet; writes wait for one"),
+    }
+
+    let cancel = CancellationToken::new();
+    let ctx = Arc::new(AdminContext {
+        node: node.clone(),
+        name: cfg.node.name.clone(),
+        site: cfg.node.site.clone(),
+        data_dir: data_dir.clone(),
+    });
+    let socket = data_dir.join(SOCKET_NAME);
+    let admin = hamail_admin::serve(socket.clone(), ctx, cancel.clone())?;
+    let metrics = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        node.clone(),
+        cancel.clone(),
+    ));
+    tracing::info!(
+        node_id = id,
+        name = %cfg.node.name,
+        data_dir = %data_dir.display(),
+        admin_socket = %socket.display(),
+        metrics = %cfg.metrics.listen,
+        "hamail serving"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    cancel.cancel();
+    let _ = admin.await;
+    let _ = metrics.await;
+    node.shutdown().await;
+    let _ = fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,14 @@
+# Sourced by scripts/run and scripts/test: installs the system packages the
+# build needs (clang and libclang for RocksDB's bindings) when missing.
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "$@" >/dev/null; }
+}
+
+if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+    echo "scripts: installing clang and libclang-dev (RocksDB bindings)" >&2
+    apt_install clang libclang-dev
+fi

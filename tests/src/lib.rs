@@ -1,0 +1,223 @@
+//! Support for multi-process tests: start real `hamail serve` processes on
+//! their own data directories, drive them with the real CLI, stop them with
+//! real signals. Waits poll a condition with a bound on the count, never a
+//! fixed sleep.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any wait: generous, because CI machines are shared.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The hamail binary: `$HAMAIL_BIN`, else `target/<profile>/hamail` next to
+/// this test executable (built by `cargo build` before the tests run).
+pub fn hamail_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HAMAIL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("hamail");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build` (or scripts/test) before the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `cond` until it returns Some, or panics with `what` after PATIENCE.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        std::thread::park_timeout(delay);
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A `hamail serve` process and the directory it runs in.
+pub struct Node {
+    pub dir: PathBuf,
+    /// `--config FILE` passed to serve and the CLI; None for embedded defaults.
+    pub config: Option<PathBuf>,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A test config: data in `dir/data`, metrics on an ephemeral port, fast
+/// raft timing for a single node.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("hamail.toml");
+    let text = format!(
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Node {
+    /// A node with a test config in a fresh directory under `dir`.
+    pub fn with_config(dir: &Path) -> Node {
+        let config = write_config(dir, "");
+        Node {
+            dir: dir.to_path_buf(),
+            config: Some(config),
+            child: None,
+            log: dir.join("serve.log"),
+        }
+    }
+
+    /// A node on the embedded defaults, run from `dir` (data in dir/hamail-data).
+    pub fn with_defaults(dir: &Path) -> Node {
+        Node {
+            dir: dir.to_path_buf(),
+            config: None,
+            child: None,
+            log: dir.join("serve.log"),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(hamail_bin());
+        c.current_dir(&self.dir);
+        if let Some(cfg) = &self.config {
+            c.arg("--config").arg(cfg);
+        }
+        c
+    }
+
+    /// Spawns `hamail serve` without waiting for it.
+    pub fn spawn(&mut self) -> &mut Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hamail serve");
+        self.child = Some(child);
+        self.child.as_mut().unwrap()
+    }
+
+    /// Starts the node and waits until it answers `status` with a leader.
+    pub fn start(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let log = self.log.clone();
+        wait_for("hamail serve to answer status with a leader", || {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "hamail serve exited early ({status}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let out = self.cli(&["status", "--json"]);
+            if !out.status.success() {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["raft"]["leader"].as_u64().map(|_| ())
+        });
+    }
+
+    /// Runs a CLI verb against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run hamail")
+    }
+
+    /// Runs a CLI verb that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hamail {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("json output")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for("hamail serve to exit", || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit();
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Output helpers.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
