@@ -176,9 +176,15 @@ async fn main() -> anyhow::Result<()> {
 
     let mut h1 = hamail_commits(node.clone(), 1, dur, "one").await;
     row("hamail: committed commands, 1 proposer", &mut h1);
-    let e0 = node.stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    let e0 = node
+        .stats
+        .entries
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut h50 = hamail_commits(node.clone(), 50, dur, "fifty").await;
-    let e1 = node.stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    let e1 = node
+        .stats
+        .entries
+        .load(std::sync::atomic::Ordering::Relaxed);
     row("hamail: committed commands, 50 proposers", &mut h50);
     println!(
         "hamail with 50 proposers: {:.1} commands per raft entry",

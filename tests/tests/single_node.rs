@@ -18,19 +18,40 @@ fn embedded_defaults_serve_write_restart_read_back() {
     node.ok(&["domain", "add", "relay.example.jp", "--kind", "relay"]);
     node.ok(&["recipient", "add", "user@relay.example.jp", "x"]);
     node.ok(&["alias", "add", "postmaster@example.com", "root@example.com"]);
-    node.ok(&["transport", "set", "relay.example.jp", "smtp:[primary.example.jp]:587", "--fallback", "smtp:[10.0.0.2]:25"]);
+    node.ok(&[
+        "transport",
+        "set",
+        "relay.example.jp",
+        "smtp:[primary.example.jp]:587",
+        "--fallback",
+        "smtp:[10.0.0.2]:25",
+    ]);
 
     let status = node.stop();
     assert!(status.success(), "SIGTERM exit: {status}");
 
     node.start();
     let list = node.ok(&["domain", "list"]);
-    assert!(list.contains("example.com") && list.contains("local"), "{list}");
+    assert!(
+        list.contains("example.com") && list.contains("local"),
+        "{list}"
+    );
     let json = node.json(&["domain", "list", "--json"]);
-    let names: Vec<&str> = json.as_array().unwrap().iter().map(|d| d["domain"].as_str().unwrap()).collect();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["example.com", "relay.example.jp"]);
-    assert_eq!(node.json(&["recipient", "list", "--json"])[0]["address"], "user@relay.example.jp");
-    assert_eq!(node.json(&["alias", "list", "--json"])[0]["targets"][0], "root@example.com");
+    assert_eq!(
+        node.json(&["recipient", "list", "--json"])[0]["address"],
+        "user@relay.example.jp"
+    );
+    assert_eq!(
+        node.json(&["alias", "list", "--json"])[0]["targets"][0],
+        "root@example.com"
+    );
     let t = node.json(&["transport", "list", "--json"]);
     assert_eq!(t[0]["spec"], "smtp:[primary.example.jp]:587");
     assert_eq!(t[0]["fallback"][0], "smtp:[10.0.0.2]:25");
@@ -51,10 +72,14 @@ fn second_serve_on_same_data_dir_is_refused() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("in use by another hamail process") && err.contains(&dir.path().join("data").display().to_string()),
+        err.contains("in use by another hamail process")
+            && err.contains(&dir.path().join("data").display().to_string()),
         "{err}"
     );
-    assert!(err.contains(&first.pid().to_string()), "names the pid: {err}");
+    assert!(
+        err.contains(&first.pid().to_string()),
+        "names the pid: {err}"
+    );
     // The first keeps running and serving.
     first.ok(&["domain", "add", "still.example"]);
     assert!(first.stop().success());
@@ -67,11 +92,23 @@ fn bad_names_are_refused_by_the_cli_and_change_nothing() {
     node.start();
     for (args, needle) in [
         (vec!["domain", "add", "bad_domain.com"], "bad_domain.com"),
-        (vec!["domain", "add", "example.com", "--kind", "mailbox"], "mailbox"),
+        (
+            vec!["domain", "add", "example.com", "--kind", "mailbox"],
+            "mailbox",
+        ),
         (vec!["recipient", "add", "no-at-sign"], "no-at-sign"),
-        (vec!["recipient", "add", "a%b@example.com"], "a%b@example.com"),
-        (vec!["alias", "add", "a@example.com", "\"quoted\"@example.com"], "quoted"),
-        (vec!["transport", "set", "example.com", "smtp:[host"], "smtp:[host"],
+        (
+            vec!["recipient", "add", "a%b@example.com"],
+            "a%b@example.com",
+        ),
+        (
+            vec!["alias", "add", "a@example.com", "\"quoted\"@example.com"],
+            "quoted",
+        ),
+        (
+            vec!["transport", "set", "example.com", "smtp:[host"],
+            "smtp:[host",
+        ),
         (vec!["transport", "set", "example.com", "pipe:foo"], "pipe"),
     ] {
         let out = node.cli(&args);
@@ -86,7 +123,14 @@ fn bad_names_are_refused_by_the_cli_and_change_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no such domain"), "{}", stderr(&out));
     let status = node.json(&["status", "--json"]);
-    assert!(status["tables"].as_object().unwrap().values().all(|v| v == 0), "{status}");
+    assert!(
+        status["tables"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v == 0),
+        "{status}"
+    );
 }
 
 #[test]
@@ -101,24 +145,52 @@ fn recipient_import_is_all_or_nothing() {
     let out = node.cli(&["recipient", "import", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("line 5") && err.contains("nothing imported"), "{err}");
-    assert_eq!(node.json(&["recipient", "list", "--json"]).as_array().unwrap().len(), 0);
+    assert!(
+        err.contains("line 5") && err.contains("nothing imported"),
+        "{err}"
+    );
+    assert_eq!(
+        node.json(&["recipient", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     // A file naming a domain the cluster does not serve: refused whole.
     let foreign = dir.path().join("foreign.map");
     std::fs::write(&foreign, "user1@example.jp x\nuser@elsewhere.example x\n").unwrap();
     let out = node.cli(&["recipient", "import", foreign.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("elsewhere.example"), "{}", stderr(&out));
-    assert_eq!(node.json(&["recipient", "list", "--json"]).as_array().unwrap().len(), 0);
+    assert!(
+        stderr(&out).contains("elsewhere.example"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        node.json(&["recipient", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     let good = dir.path().join("good.map");
-    std::fs::write(&good, "user1@example.jp x\nUser2@Example.JP   OK\npostmaster@example.jp x\n").unwrap();
+    std::fs::write(
+        &good,
+        "user1@example.jp x\nUser2@Example.JP   OK\npostmaster@example.jp x\n",
+    )
+    .unwrap();
     let out = node.ok(&["recipient", "import", good.to_str().unwrap()]);
     assert!(out.contains("imported 3"), "{out}");
     let list = node.ok(&["recipient", "list"]);
     assert!(list.contains("user2@example.jp OK"), "{list}");
-    assert!(node.cli(&["recipient", "import", "/nonexistent/file"]).status.code() == Some(1));
+    assert!(
+        node.cli(&["recipient", "import", "/nonexistent/file"])
+            .status
+            .code()
+            == Some(1)
+    );
 }
 
 #[test]
@@ -145,14 +217,23 @@ fn kill_9_during_a_large_import_leaves_all_or_none() {
         .unwrap();
     // Kill the server as soon as the import request has reached it.
     wait_for("the import to reach the server", || {
-        node.log_text().contains("recipient import received").then_some(())
+        node.log_text()
+            .contains("recipient import received")
+            .then_some(())
     });
     node.kill9();
     let _ = import.wait();
 
     node.start();
-    let count = node.json(&["recipient", "list", "--json"]).as_array().unwrap().len();
-    assert!(count == 0 || count == n, "partial import visible: {count} of {n}");
+    let count = node
+        .json(&["recipient", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        count == 0 || count == n,
+        "partial import visible: {count} of {n}"
+    );
     // The store is healthy and takes writes after the crash.
     node.ok(&["recipient", "add", "after@example.jp"]);
     assert!(node.stop().success());
@@ -163,10 +244,19 @@ fn config_errors_name_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     for (text, needles) in [
-        ("[node]\nname = \"a\"\ncolour = \"red\"\n", vec!["colour", "line 3"]),
-        ("[cluster]\nbootstrap = \"yes\"\n", vec!["bootstrap", "line 2"]),
+        (
+            "[node]\nname = \"a\"\ncolour = \"red\"\n",
+            vec!["colour", "line 3"],
+        ),
+        (
+            "[cluster]\nbootstrap = \"yes\"\n",
+            vec!["bootstrap", "line 2"],
+        ),
         ("[metrics]\nlisten = \"not an address\"\n", vec!["line 2"]),
-        ("[cluster]\nelection_timeout_min_ms = 10\n", vec!["cluster.election_timeout_min_ms"]),
+        (
+            "[cluster]\nelection_timeout_min_ms = 10\n",
+            vec!["cluster.election_timeout_min_ms"],
+        ),
         ("[smtpd]\nx = 1\n", vec!["smtpd"]),
     ] {
         std::fs::write(&cfg, text).unwrap();
@@ -182,7 +272,10 @@ fn config_errors_name_file_line_and_key() {
             assert!(err.contains(n), "{text}: {err}");
         }
     }
-    assert!(!dir.path().join("hamail-data").exists(), "a bad config created nothing");
+    assert!(
+        !dir.path().join("hamail-data").exists(),
+        "a bad config created nothing"
+    );
 }
 
 #[test]
@@ -192,22 +285,44 @@ fn unusable_data_dir_and_busy_port_are_named() {
     let file = dir.path().join("file");
     std::fs::write(&file, "").unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[node]\ndata_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", file.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new(hamail_tests::hamail_bin())
         .args(["--config", cfg.to_str().unwrap(), "serve"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a directory") && stderr(&out).contains(&file.display().to_string()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a directory")
+            && stderr(&out).contains(&file.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
 
     // A data directory under a file cannot be created.
     let under = file.join("data");
     let out = std::process::Command::new(hamail_tests::hamail_bin())
-        .args(["--data-dir", under.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "serve"])
+        .args([
+            "--data-dir",
+            under.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "serve",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains(&under.display().to_string()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&under.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
 
     // A listen address already in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -215,7 +330,9 @@ fn unusable_data_dir_and_busy_port_are_named() {
     let sub = dir.path().join("n");
     std::fs::create_dir(&sub).unwrap();
     let cfg = write_config(&sub, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", &addr.to_string());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr.to_string());
     std::fs::write(&cfg, text).unwrap();
     let out = std::process::Command::new(hamail_tests::hamail_bin())
         .args(["--config", cfg.to_str().unwrap(), "serve"])
@@ -223,8 +340,14 @@ fn unusable_data_dir_and_busy_port_are_named() {
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains(&addr.to_string()) && err.contains("metrics.listen"), "{err}");
-    assert!(!sub.join("data").join("db").exists(), "nothing was created in the store");
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("metrics.listen"),
+        "{err}"
+    );
+    assert!(
+        !sub.join("data").join("db").exists(),
+        "nothing was created in the store"
+    );
 }
 
 #[test]
@@ -233,7 +356,9 @@ fn malformed_admin_requests_get_errors_and_the_connection_survives() {
     let mut node = Node::with_config(dir.path());
     node.start();
     let sock = dir.path().join("data").join("admin.sock");
-    let mode = std::fs::metadata(&sock).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
+    let mode = std::fs::metadata(&sock)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
     assert_eq!(mode & 0o777, 0o600, "admin socket mode");
     let stream = UnixStream::connect(&sock).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -256,7 +381,10 @@ fn malformed_admin_requests_get_errors_and_the_connection_survives() {
     ] {
         let r = ask(bad);
         assert_eq!(r["ok"], false, "{bad}");
-        assert!(r["error"].as_str().unwrap().contains("malformed request"), "{bad}: {r}");
+        assert!(
+            r["error"].as_str().unwrap().contains("malformed request"),
+            "{bad}: {r}"
+        );
     }
     let r = ask("{\"op\":\"status\"}");
     assert_eq!(r["ok"], true, "{r}");

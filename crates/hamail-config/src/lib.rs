@@ -56,7 +56,7 @@ impl Default for NodeSection {
             name: "hamail".into(),
             site: "default".into(),
             data_dir: PathBuf::from("./hamail-data"),
-            log: "info".into(),
+            log: "info,openraft=warn".into(),
         }
     }
 }
@@ -200,18 +200,25 @@ impl Config {
         let label_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 63
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         };
         if !label_ok(&self.node.name) {
             return Err(bad(
                 "node.name",
-                format!("{:?} must be 1-63 letters, digits, '-' or '.'", self.node.name),
+                format!(
+                    "{:?} must be 1-63 letters, digits, '-' or '.'",
+                    self.node.name
+                ),
             ));
         }
         if !label_ok(&self.node.site) {
             return Err(bad(
                 "node.site",
-                format!("{:?} must be 1-63 letters, digits, '-' or '.'", self.node.site),
+                format!(
+                    "{:?} must be 1-63 letters, digits, '-' or '.'",
+                    self.node.site
+                ),
             ));
         }
         if self.node.data_dir.as_os_str().is_empty() {
@@ -219,7 +226,10 @@ impl Config {
         }
         let c = &self.cluster;
         if c.heartbeat_interval_ms == 0 {
-            return Err(bad("cluster.heartbeat_interval_ms", "must be above 0".into()));
+            return Err(bad(
+                "cluster.heartbeat_interval_ms",
+                "must be above 0".into(),
+            ));
         }
         if c.election_timeout_min_ms <= c.heartbeat_interval_ms * 2 {
             return Err(bad(
@@ -240,7 +250,10 @@ impl Config {
             ));
         }
         if c.snapshot_logs_since_last == 0 {
-            return Err(bad("cluster.snapshot_logs_since_last", "must be above 0".into()));
+            return Err(bad(
+                "cluster.snapshot_logs_since_last",
+                "must be above 0".into(),
+            ));
         }
         if c.name.is_empty() {
             return Err(bad("cluster.name", "must not be empty".into()));
@@ -272,7 +285,10 @@ mod tests {
     fn unknown_key_is_named_with_its_line() {
         let err = Config::parse("[node]\nname = \"a\"\ncolour = \"red\"\n", "t.toml").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("t.toml") && msg.contains("colour") && msg.contains("line 3"), "{msg}");
+        assert!(
+            msg.contains("t.toml") && msg.contains("colour") && msg.contains("line 3"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -293,7 +309,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("cluster.election_timeout_min_ms"), "{msg}");
-        let msg = Config::parse("[node]\nname = \"a b\"\n", "t.toml").unwrap_err().to_string();
+        let msg = Config::parse("[node]\nname = \"a b\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("node.name"), "{msg}");
     }
 

@@ -5,22 +5,32 @@ use hamail_config::Config;
 
 #[test]
 fn example_config_parses_and_equals_defaults() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/hamail.example.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/hamail.example.toml"
+    );
     let cfg = Config::load(std::path::Path::new(path)).expect("example config parses");
     assert_eq!(cfg, Config::default());
 }
 
 #[test]
 fn example_config_names_every_key() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/hamail.example.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/hamail.example.toml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let defaults = toml::to_string(&Config::default()).unwrap();
     let table: toml::Table = defaults.parse().unwrap();
     for (section, keys) in &table {
-        assert!(text.contains(&format!("[{section}]")), "section [{section}] missing");
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "section [{section}] missing"
+        );
         for key in keys.as_table().unwrap().keys() {
             assert!(
-                text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))),
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
                 "key {section}.{key} not documented in the example"
             );
         }

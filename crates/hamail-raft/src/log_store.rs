@@ -161,7 +161,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -179,7 +183,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|_| storage_err(std::io::Error::other("log flusher lock poisoned")))?;
         if let Err(mpsc::SendError(cb)) = sender.send(callback) {
             // The flusher thread is gone: sync here instead.
-            let r = self.store.sync_wal().map_err(|e| std::io::Error::other(e.to_string()));
+            let r = self
+                .store
+                .sync_wal()
+                .map_err(|e| std::io::Error::other(e.to_string()));
             cb.log_io_completed(r);
         }
         Ok(())
@@ -193,7 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         self.store
-            .log_purge_upto(log_id.index, KEY_PURGED, &encode(&Some(log_id)))
+            .log_purge_upto(log_id.index, KEY_PURGED, &encode(&log_id))
             .map_err(storage_err)
     }
 }

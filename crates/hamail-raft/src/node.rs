@@ -222,10 +222,7 @@ impl RaftNode {
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
-        let nodes = membership
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         RaftStatus {
             node_id: self.node_id,
             state: match m.state {
@@ -278,7 +275,9 @@ async fn proposer(
                 Err(_) => break,
             }
         }
-        stats.proposals.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .proposals
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         stats.entries.fetch_add(1, Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -304,7 +303,9 @@ async fn proposer(
                         let r = if mine.len() == count {
                             Ok(mine)
                         } else {
-                            Err(ProposeError::Failed("state machine returned too few outcomes".into()))
+                            Err(ProposeError::Failed(
+                                "state machine returned too few outcomes".into(),
+                            ))
                         };
                         let _ = reply.send(r);
                     }

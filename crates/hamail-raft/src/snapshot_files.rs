@@ -49,7 +49,8 @@ impl SnapshotFiles {
 
     pub(crate) fn scratch_path(&self, what: &str) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{what}-{}-{n}.tmp", std::process::id()))
+        self.dir
+            .join(format!("{what}-{}-{n}.tmp", std::process::id()))
     }
 
     /// Writes a new current snapshot: header, then whatever `body` writes.

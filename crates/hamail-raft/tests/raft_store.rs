@@ -23,6 +23,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 
 #[test]
 fn openraft_storage_suite() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     Suite::test_all(Builder).expect("openraft storage suite");
 }
 
@@ -43,18 +47,38 @@ async fn snapshot_build_install_gives_identical_state() {
     let (_g2, _l2, mut sm2) = Builder.build().await.unwrap();
     let domain = DomainName::parse("example.jp").unwrap();
     let entries = (0..3000)
-        .map(|i| (MailAddress::parse(&format!("u{i}@example.jp")).unwrap(), String::new()))
+        .map(|i| {
+            (
+                MailAddress::parse(&format!("u{i}@example.jp")).unwrap(),
+                String::new(),
+            )
+        })
         .collect();
     let replies = sm1
         .apply([
-            entry(1, vec![Command::DomainAdd { domain, kind: DomainKind::Relay }]),
+            entry(
+                1,
+                vec![Command::DomainAdd {
+                    domain,
+                    kind: DomainKind::Relay,
+                }],
+            ),
             entry(2, vec![Command::RecipientImport { entries }]),
         ])
         .await
         .unwrap();
-    assert!(replies.iter().all(|r| r.outcomes.iter().all(|o| o.is_applied())));
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.outcomes.iter().all(|o| o.is_applied()))
+    );
 
-    let snap = sm1.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm1
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snap.meta.last_log_id.unwrap().index, 2);
     let mut incoming = sm2.begin_receiving_snapshot().await.unwrap();
     let mut src = snap.snapshot;

@@ -118,7 +118,9 @@ impl<'a> Applier<'a> {
                 if let Some(reason) = self.recipient_domain_problem(address)? {
                     return Ok(Outcome::rejected(reason));
                 }
-                let existed = self.get(Table::Recipients, &address_key(address))?.is_some();
+                let existed = self
+                    .get(Table::Recipients, &address_key(address))?
+                    .is_some();
                 self.put(
                     Table::Recipients,
                     address_key(address),
@@ -158,7 +160,9 @@ impl<'a> Applier<'a> {
                         updated_ms: time_ms,
                     },
                 );
-                Ok(Outcome::applied(format!("transport for {domain} set to {spec}")))
+                Ok(Outcome::applied(format!(
+                    "transport for {domain} set to {spec}"
+                )))
             }
             Command::TransportDel { domain } => {
                 if self.get(Table::Transports, &domain_key(domain))?.is_none() {
@@ -178,7 +182,9 @@ impl<'a> Applier<'a> {
             self.get_typed::<DomainRecord>(Table::Domains, &domain_key(domain), "domain")?
         {
             return Ok(if existing.kind == kind {
-                Outcome::applied(format!("domain {domain} already exists ({kind}), unchanged"))
+                Outcome::applied(format!(
+                    "domain {domain} already exists ({kind}), unchanged"
+                ))
             } else {
                 Outcome::rejected(format!(
                     "domain {domain} already exists with kind {}; delete it first to make it {kind}",
@@ -197,10 +203,7 @@ impl<'a> Applier<'a> {
         self.put(
             Table::Domains,
             domain_key(domain),
-            &DomainRecord {
-                kind,
-                added_ms: t,
-            },
+            &DomainRecord { kind, added_ms: t },
         );
         Ok(Outcome::applied(format!("domain {domain} added ({kind})")))
     }
@@ -275,7 +278,12 @@ impl<'a> Applier<'a> {
         )))
     }
 
-    fn alias_add(&mut self, address: &MailAddress, targets: &[MailAddress], t: u64) -> Result<Outcome> {
+    fn alias_add(
+        &mut self,
+        address: &MailAddress,
+        targets: &[MailAddress],
+        t: u64,
+    ) -> Result<Outcome> {
         let domain = address.domain();
         if self.get(Table::Domains, &domain_key(domain))?.is_none() {
             return Ok(Outcome::rejected(format!(
@@ -303,10 +311,17 @@ impl<'a> Applier<'a> {
         record.updated_ms = t;
         let n = record.targets.len();
         self.put(Table::Aliases, key, &record);
-        Ok(Outcome::applied(format!("alias {address} now has {n} targets")))
+        Ok(Outcome::applied(format!(
+            "alias {address} now has {n} targets"
+        )))
     }
 
-    fn alias_del(&mut self, address: &MailAddress, targets: &[MailAddress], t: u64) -> Result<Outcome> {
+    fn alias_del(
+        &mut self,
+        address: &MailAddress,
+        targets: &[MailAddress],
+        t: u64,
+    ) -> Result<Outcome> {
         let key = address_key(address);
         let Some(mut record) = self.get_typed::<AliasRecord>(Table::Aliases, &key, "alias")? else {
             return Ok(Outcome::rejected(format!("no such alias: {address}")));
@@ -323,11 +338,15 @@ impl<'a> Applier<'a> {
         record.targets.retain(|x| !targets.contains(x));
         if record.targets.is_empty() {
             self.delete(Table::Aliases, key);
-            return Ok(Outcome::applied(format!("alias {address} deleted (no targets left)")));
+            return Ok(Outcome::applied(format!(
+                "alias {address} deleted (no targets left)"
+            )));
         }
         record.updated_ms = t;
         let n = record.targets.len();
         self.put(Table::Aliases, key, &record);
-        Ok(Outcome::applied(format!("alias {address} now has {n} targets")))
+        Ok(Outcome::applied(format!(
+            "alias {address} now has {n} targets"
+        )))
     }
 }

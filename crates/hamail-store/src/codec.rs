@@ -9,7 +9,7 @@ use crate::StoreError;
 pub const FORMAT_VERSION: u8 = 1;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    let out = vec![FORMAT_VERSION];
     // postcard only fails on a writer that is full or a type serde cannot
     // express; neither happens for a Vec and our derive'd types.
     match postcard::to_extend(value, out) {
@@ -27,10 +27,12 @@ fn unreachable_encode(e: postcard::Error) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::Decode {
-            what,
-            reason: e.to_string(),
-        }),
+        Some((&FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Decode {
+                what,
+                reason: e.to_string(),
+            })
+        }
         Some((v, _)) => Err(StoreError::Decode {
             what,
             reason: format!("unknown format version {v} (this build reads {FORMAT_VERSION})"),

@@ -34,7 +34,9 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -102,7 +104,11 @@ impl Store {
         for (index, bytes) in entries {
             batch.put_cf(cf, index.to_be_bytes(), bytes);
         }
-        let opts = if sync { synced() } else { WriteOptions::default() };
+        let opts = if sync {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
         self.inner
             .db
             .write_opt(batch, &opts)
@@ -196,7 +202,11 @@ impl Store {
     pub fn raft_meta_put(&self, key: &str, value: &[u8], sync: bool) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_RAFT_META), key, value);
-        let opts = if sync { synced() } else { WriteOptions::default() };
+        let opts = if sync {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
         self.inner
             .db
             .write_opt(batch, &opts)

@@ -80,7 +80,11 @@ impl Store {
     /// applied, membership) is written with the last batch, which also clears
     /// the in-progress marker; a crash before that leaves the marker set so
     /// the caller redoes the load.
-    pub fn import_state(&self, r: &mut impl Read, final_meta: &[(&str, Vec<u8>)]) -> Result<String> {
+    pub fn import_state(
+        &self,
+        r: &mut impl Read,
+        final_meta: &[(&str, Vec<u8>)],
+    ) -> Result<String> {
         self.sm_meta_put(INSTALLING_KEY, b"1")?;
         let db = &self.inner.db;
         // Clear the tables.
@@ -130,7 +134,9 @@ fn read_field(r: &mut impl Read, what: &str) -> Result<Vec<u8>> {
     read_exact(r, &mut len, what)?;
     let len = u32::from_be_bytes(len);
     if len > MAX_FIELD {
-        return Err(StoreError::Snapshot(format!("{what} of {len} bytes is too large")));
+        return Err(StoreError::Snapshot(format!(
+            "{what} of {len} bytes is too large"
+        )));
     }
     let mut buf = vec![0u8; len as usize];
     read_exact(r, &mut buf, what)?;
@@ -145,7 +151,9 @@ fn read_stream(
     let mut magic = [0u8; 11];
     read_exact(r, &mut magic, "header")?;
     if &magic[..10] != SNAPSHOT_MAGIC {
-        return Err(StoreError::Snapshot("not a hamail snapshot (bad magic)".into()));
+        return Err(StoreError::Snapshot(
+            "not a hamail snapshot (bad magic)".into(),
+        ));
     }
     if magic[10] != SNAPSHOT_VERSION {
         return Err(StoreError::Snapshot(format!(
@@ -189,7 +197,9 @@ fn read_stream(
     read_exact(r, &mut want, "digest")?;
     let got = h.finalize();
     if got.as_slice() != want {
-        return Err(StoreError::Snapshot("digest mismatch: the snapshot is corrupt".into()));
+        return Err(StoreError::Snapshot(
+            "digest mismatch: the snapshot is corrupt".into(),
+        ));
     }
     Ok(hex::encode(got))
 }

@@ -16,7 +16,9 @@ fn apply_all(store: &Store, cmds: &[Command], chunk: usize) -> Vec<Outcome> {
     for (i, group) in cmds.chunks(chunk.max(1)).enumerate() {
         let mut ap = Applier::new(store);
         for c in group {
-            out.push(ap.apply(c, 1_000 + i as u64).unwrap());
+            // Time travels with each command, as in a raft entry.
+            let time_ms = 1_000 + out.len() as u64;
+            out.push(ap.apply(c, time_ms).unwrap());
         }
         ap.set_meta("last_applied", vec![i as u8]);
         ap.commit().unwrap();
@@ -33,7 +35,11 @@ fn a(s: &str) -> MailAddress {
 
 fn arb_command() -> impl Strategy<Value = Command> {
     let domain = prop::sample::select(vec!["a.test", "b.test", "c.test"]).prop_map(d);
-    let kind = prop::sample::select(vec![DomainKind::Local, DomainKind::Relay, DomainKind::Virtual]);
+    let kind = prop::sample::select(vec![
+        DomainKind::Local,
+        DomainKind::Relay,
+        DomainKind::Virtual,
+    ]);
     let addr = (
         prop::sample::select(vec!["u1", "u2", "u3", "postmaster"]),
         prop::sample::select(vec!["a.test", "b.test", "c.test"]),
@@ -41,9 +47,13 @@ fn arb_command() -> impl Strategy<Value = Command> {
         .prop_map(|(l, dm)| a(&format!("{l}@{dm}")));
     prop_oneof![
         (domain.clone(), kind).prop_map(|(domain, kind)| Command::DomainAdd { domain, kind }),
-        domain.clone().prop_map(|domain| Command::DomainDel { domain }),
-        (addr.clone(), "[a-z]{0,3}").prop_map(|(address, value)| Command::RecipientAdd { address, value }),
-        addr.clone().prop_map(|address| Command::RecipientDel { address }),
+        domain
+            .clone()
+            .prop_map(|domain| Command::DomainDel { domain }),
+        (addr.clone(), "[a-z]{0,3}")
+            .prop_map(|(address, value)| Command::RecipientAdd { address, value }),
+        addr.clone()
+            .prop_map(|address| Command::RecipientDel { address }),
         prop::collection::vec((addr.clone(), "[a-z]{0,2}"), 1..4)
             .prop_map(|entries| Command::RecipientImport { entries }),
         (addr.clone(), prop::collection::vec(addr.clone(), 0..3))
@@ -80,38 +90,78 @@ fn rejected_commands_change_nothing() {
     apply_all(
         &s,
         &[
-            Command::DomainAdd { domain: d("example.jp"), kind: DomainKind::Relay },
-            Command::RecipientAdd { address: a("user@example.jp"), value: "x".into() },
-            Command::DomainAdd { domain: d("virt.jp"), kind: DomainKind::Virtual },
+            Command::DomainAdd {
+                domain: d("example.jp"),
+                kind: DomainKind::Relay,
+            },
+            Command::RecipientAdd {
+                address: a("user@example.jp"),
+                value: "x".into(),
+            },
+            Command::DomainAdd {
+                domain: d("virt.jp"),
+                kind: DomainKind::Virtual,
+            },
         ],
         1,
     );
     let before = s.state_digest().unwrap();
     let bad = [
-        Command::RecipientAdd { address: a("user@unknown.jp"), value: String::new() },
-        Command::RecipientAdd { address: a("user@virt.jp"), value: String::new() },
-        Command::DomainDel { domain: d("example.jp") },
-        Command::DomainDel { domain: d("nothere.jp") },
-        Command::DomainAdd { domain: d("example.jp"), kind: DomainKind::Local },
-        Command::RecipientDel { address: a("nobody@example.jp") },
+        Command::RecipientAdd {
+            address: a("user@unknown.jp"),
+            value: String::new(),
+        },
+        Command::RecipientAdd {
+            address: a("user@virt.jp"),
+            value: String::new(),
+        },
+        Command::DomainDel {
+            domain: d("example.jp"),
+        },
+        Command::DomainDel {
+            domain: d("nothere.jp"),
+        },
+        Command::DomainAdd {
+            domain: d("example.jp"),
+            kind: DomainKind::Local,
+        },
+        Command::RecipientDel {
+            address: a("nobody@example.jp"),
+        },
         Command::RecipientImport {
             entries: vec![
                 (a("ok1@example.jp"), String::new()),
                 (a("bad@unknown.jp"), String::new()),
             ],
         },
-        Command::AliasAdd { address: a("x@unknown.jp"), targets: vec![a("y@example.jp")] },
-        Command::AliasAdd { address: a("x@example.jp"), targets: vec![a("x@example.jp")] },
-        Command::AliasDel { address: a("x@example.jp"), targets: vec![] },
-        Command::TransportDel { domain: d("example.jp") },
+        Command::AliasAdd {
+            address: a("x@unknown.jp"),
+            targets: vec![a("y@example.jp")],
+        },
+        Command::AliasAdd {
+            address: a("x@example.jp"),
+            targets: vec![a("x@example.jp")],
+        },
+        Command::AliasDel {
+            address: a("x@example.jp"),
+            targets: vec![],
+        },
+        Command::TransportDel {
+            domain: d("example.jp"),
+        },
     ];
     for cmd in &bad {
         let o = apply_all(&s, std::slice::from_ref(cmd), 1);
-        assert!(matches!(o[0], Outcome::Rejected { .. }), "{cmd:?} gave {o:?}");
+        assert!(
+            matches!(o[0], Outcome::Rejected { .. }),
+            "{cmd:?} gave {o:?}"
+        );
     }
     assert_eq!(s.state_digest().unwrap(), before);
     let o = apply_all(&s, &bad[..1], 1);
-    let Outcome::Rejected { reason } = &o[0] else { unreachable!() };
+    let Outcome::Rejected { reason } = &o[0] else {
+        unreachable!()
+    };
     assert!(reason.contains("unknown.jp"), "{reason}");
 }
 
@@ -121,11 +171,23 @@ fn later_command_in_a_batch_sees_earlier_ones() {
     let o = apply_all(
         &s,
         &[
-            Command::DomainAdd { domain: d("example.jp"), kind: DomainKind::Local },
-            Command::RecipientAdd { address: a("u@example.jp"), value: String::new() },
-            Command::DomainDel { domain: d("example.jp") },
-            Command::RecipientDel { address: a("u@example.jp") },
-            Command::DomainDel { domain: d("example.jp") },
+            Command::DomainAdd {
+                domain: d("example.jp"),
+                kind: DomainKind::Local,
+            },
+            Command::RecipientAdd {
+                address: a("u@example.jp"),
+                value: String::new(),
+            },
+            Command::DomainDel {
+                domain: d("example.jp"),
+            },
+            Command::RecipientDel {
+                address: a("u@example.jp"),
+            },
+            Command::DomainDel {
+                domain: d("example.jp"),
+            },
         ],
         5,
     );
@@ -137,7 +199,10 @@ fn later_command_in_a_batch_sees_earlier_ones() {
 #[test]
 fn snapshot_stream_round_trips_and_detects_corruption() {
     let (_d1, s1) = open();
-    let mut cmds = vec![Command::DomainAdd { domain: d("example.jp"), kind: DomainKind::Relay }];
+    let mut cmds = vec![Command::DomainAdd {
+        domain: d("example.jp"),
+        kind: DomainKind::Relay,
+    }];
     let entries = (0..5000)
         .map(|i| (a(&format!("user{i}@example.jp")), "x".to_string()))
         .collect();
@@ -149,7 +214,14 @@ fn snapshot_stream_round_trips_and_detects_corruption() {
 
     let (_d2, s2) = open();
     // s2 holds other data first: the install must replace it.
-    apply_all(&s2, &[Command::DomainAdd { domain: d("other.jp"), kind: DomainKind::Local }], 1);
+    apply_all(
+        &s2,
+        &[Command::DomainAdd {
+            domain: d("other.jp"),
+            kind: DomainKind::Local,
+        }],
+        1,
+    );
     let digest = s2
         .import_state(&mut buf.as_slice(), &[("last_applied", vec![9])])
         .unwrap();
@@ -170,7 +242,8 @@ fn snapshot_stream_round_trips_and_detects_corruption() {
 fn log_append_range_truncate_purge() {
     let (_d, s) = open();
     let rows: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, vec![i as u8; 3])).collect();
-    s.log_append(rows.iter().map(|(i, b)| (*i, b.as_slice())), true).unwrap();
+    s.log_append(rows.iter().map(|(i, b)| (*i, b.as_slice())), true)
+        .unwrap();
     assert_eq!(s.log_range(3, 6).unwrap().len(), 3);
     assert_eq!(s.log_last().unwrap().unwrap().0, 10);
     s.log_truncate_from(8).unwrap();

@@ -51,12 +51,16 @@ impl MailAddress {
             return Err(err("local part has a leading, trailing or double dot"));
         }
         if let Some(c) = local.chars().find(|c| *c == '%' || *c == '!') {
-            return Err(err(&format!("{c:?} routing in the local part is not allowed")));
+            return Err(err(&format!(
+                "{c:?} routing in the local part is not allowed"
+            )));
         }
         if let Some(c) = local.chars().find(|&c| {
             !(c.is_ascii_alphanumeric() || c == '.' || ATEXT_SPECIALS.contains(c) || !c.is_ascii())
         }) {
-            return Err(err(&format!("character {c:?} is not allowed in the local part")));
+            return Err(err(&format!(
+                "character {c:?} is not allowed in the local part"
+            )));
         }
         if local.chars().any(char::is_control) {
             return Err(err("control character in the local part"));
@@ -125,10 +129,23 @@ mod tests {
     #[test]
     fn refuses_relay_tricks_and_garbage() {
         for bad in [
-            "", "user", "@example.com", "user@", "a@b@example.com", "\"a b\"@example.com",
-            "user%other@example.com", "host!user@example.com", "@route:user@example.com",
-            "<user@example.com>", ".user@example.com", "us..er@example.com", "user.@example.com",
-            "us er@example.com", "user@exa mple.com", "user@[127.0.0.1]", "us(er@example.com",
+            "",
+            "user",
+            "@example.com",
+            "user@",
+            "a@b@example.com",
+            "\"a b\"@example.com",
+            "user%other@example.com",
+            "host!user@example.com",
+            "@route:user@example.com",
+            "<user@example.com>",
+            ".user@example.com",
+            "us..er@example.com",
+            "user.@example.com",
+            "us er@example.com",
+            "user@exa mple.com",
+            "user@[127.0.0.1]",
+            "us(er@example.com",
         ] {
             assert!(MailAddress::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -107,8 +107,7 @@ impl Command {
                 if entries.is_empty() {
                     return bad("the import holds no recipients".into());
                 }
-                if let Some((a, _)) = entries.iter().find(|(_, v)| v.len() > MAX_RECIPIENT_VALUE)
-                {
+                if let Some((a, _)) = entries.iter().find(|(_, v)| v.len() > MAX_RECIPIENT_VALUE) {
                     return bad(format!(
                         "value of {a} longer than {MAX_RECIPIENT_VALUE} bytes"
                     ));

@@ -102,16 +102,35 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(DomainName::parse("Example.COM.").unwrap().as_str(), "example.com");
-        assert_eq!(DomainName::parse("bücher.de").unwrap().as_str(), "xn--bcher-kva.de");
-        assert_eq!(DomainName::parse("localhost").unwrap().as_str(), "localhost");
+        assert_eq!(
+            DomainName::parse("Example.COM.").unwrap().as_str(),
+            "example.com"
+        );
+        assert_eq!(
+            DomainName::parse("bücher.de").unwrap().as_str(),
+            "xn--bcher-kva.de"
+        );
+        assert_eq!(
+            DomainName::parse("localhost").unwrap().as_str(),
+            "localhost"
+        );
     }
 
     #[test]
     fn refuses_bad_names() {
         for bad in [
-            "", ".", "a..b", ".a", "-a.com", "a-.com", "a_b.com", "a b.com", "1.2.3.4",
-            "[1.2.3.4]", "example.123", "a@b.com",
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "a b.com",
+            "1.2.3.4",
+            "[1.2.3.4]",
+            "example.123",
+            "a@b.com",
         ] {
             assert!(DomainName::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -32,8 +32,7 @@ pub fn parse_postfix_map(text: &str) -> Result<Vec<MapEntry>, MapError> {
         if raw.starts_with([' ', '\t']) {
             return Err(MapError {
                 line,
-                cause: "continuation lines (starting with whitespace) are not supported"
-                    .into(),
+                cause: "continuation lines (starting with whitespace) are not supported".into(),
             });
         }
         let (key, value) = match content.split_once(char::is_whitespace) {

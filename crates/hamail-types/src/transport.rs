@@ -91,9 +91,9 @@ fn split_host_port<'a>(
         }
     } else {
         match rest.rsplit_once(':') {
-            Some((h, _)) if h.contains(':') => {
-                Err(terr("an IPv6 next hop must be written in brackets: [ipv6:addr]"))
-            }
+            Some((h, _)) if h.contains(':') => Err(terr(
+                "an IPv6 next hop must be written in brackets: [ipv6:addr]",
+            )),
             Some((h, p)) => Ok((h, false, Some(p))),
             None => Ok((rest, false, None)),
         }
@@ -121,7 +121,9 @@ impl TransportSpec {
                 let port = port.map(|p| parse_port(input, p)).transpose()?;
                 let host = parse_host(input, host)?;
                 if matches!(host, NextHop::Ip(_)) && !bracketed {
-                    return Err(terr("an IP next hop must be bracketed: smtp:[192.0.2.1]:25"));
+                    return Err(terr(
+                        "an IP next hop must be bracketed: smtp:[192.0.2.1]:25",
+                    ));
                 }
                 Ok(TransportSpec::Smtp {
                     host,
@@ -222,7 +224,10 @@ mod tests {
     #[test]
     fn round_trips_postfix_syntax() {
         for (input, shown) in [
-            ("smtp:[primary.example.jp]:587", "smtp:[primary.example.jp]:587"),
+            (
+                "smtp:[primary.example.jp]:587",
+                "smtp:[primary.example.jp]:587",
+            ),
             ("smtp:example.jp", "smtp:example.jp"),
             ("relay:[10.0.0.1]", "smtp:[10.0.0.1]"),
             ("smtp:[ipv6:2001:db8::1]:25", "smtp:[ipv6:2001:db8::1]:25"),
@@ -236,16 +241,31 @@ mod tests {
         }
         assert!(matches!(
             TransportSpec::parse("smtp:example.jp").unwrap(),
-            TransportSpec::Smtp { mx_lookup: true, .. }
+            TransportSpec::Smtp {
+                mx_lookup: true,
+                ..
+            }
         ));
     }
 
     #[test]
     fn refuses_bad_specs() {
         for bad in [
-            "", "smtp", "smtp:", "smtp:[host", "smtp:[host]x", "smtp:host:0", "smtp:host:99999",
-            "smtp:host:x", "smtp:1.2.3.4", "pipe:foo", "maildir:relative/path", "maildir:/a/../b",
-            "lmtp:unix:sock", "smtp:bad_host", "smtp:a b",
+            "",
+            "smtp",
+            "smtp:",
+            "smtp:[host",
+            "smtp:[host]x",
+            "smtp:host:0",
+            "smtp:host:99999",
+            "smtp:host:x",
+            "smtp:1.2.3.4",
+            "pipe:foo",
+            "maildir:relative/path",
+            "maildir:/a/../b",
+            "lmtp:unix:sock",
+            "smtp:bad_host",
+            "smtp:a b",
         ] {
             assert!(TransportSpec::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -129,7 +129,10 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
             let entries = parse_postfix_map(&text)
                 .with_context(|| format!("{}: nothing imported", file.display()))?;
             if entries.is_empty() {
-                anyhow::bail!("{}: no recipients in the file, nothing imported", file.display());
+                anyhow::bail!(
+                    "{}: no recipients in the file, nothing imported",
+                    file.display()
+                );
             }
             let entries = entries.into_iter().map(|e| (e.address, e.value)).collect();
             (AdminRequest::RecipientImport { entries }, false)
@@ -203,7 +206,12 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
                 if r.fallback.is_empty() {
                     println!("{:w$}  {}", r.domain, r.spec);
                 } else {
-                    println!("{:w$}  {}  (fallback {})", r.domain, r.spec, r.fallback.join(", "));
+                    println!(
+                        "{:w$}  {}  (fallback {})",
+                        r.domain,
+                        r.spec,
+                        r.fallback.join(", ")
+                    );
                 }
             }
         }
@@ -239,11 +247,18 @@ fn print_status(s: StatusInfo) {
     println!("members");
     for (id, n) in &r.nodes {
         let role = if r.voters.contains(id) {
-            if r.leader == Some(*id) { "leader" } else { "voter" }
+            if r.leader == Some(*id) {
+                "leader"
+            } else {
+                "voter"
+            }
         } else {
             "learner"
         };
-        println!("  {id:>4}  {:<16} {:<12} {:<8} rpc {}", n.name, n.site, role, n.rpc_addr);
+        println!(
+            "  {id:>4}  {:<16} {:<12} {:<8} rpc {}",
+            n.name, n.site, role, n.rpc_addr
+        );
     }
     println!("tables");
     for (t, n) in &s.tables {

@@ -12,7 +12,11 @@ mod metrics;
 mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "hamail", version, about = "Geo-replicated authoritative DNS server and MTA")]
+#[command(
+    name = "hamail",
+    version,
+    about = "Geo-replicated authoritative DNS server and MTA"
+)]
 struct Args {
     /// Config file. Without one, the embedded defaults (data in ./hamail-data).
     #[arg(long, global = true, value_name = "FILE")]

@@ -11,7 +11,11 @@ use axum::routing::get;
 use hamail_raft::RaftNode;
 use tokio_util::sync::CancellationToken;
 
-pub async fn serve(listener: tokio::net::TcpListener, node: Arc<RaftNode>, cancel: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<RaftNode>,
+    cancel: CancellationToken,
+) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -28,7 +32,10 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<RaftNode>, cance
 async fn health(State(node): State<Arc<RaftNode>>) -> (StatusCode, String) {
     let s = node.status();
     match s.leader {
-        Some(l) => (StatusCode::OK, format!("ok: {} of term {}, leader {l}\n", s.state, s.term)),
+        Some(l) => (
+            StatusCode::OK,
+            format!("ok: {} of term {}, leader {l}\n", s.state, s.term),
+        ),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".into()),
     }
 }
@@ -40,10 +47,26 @@ async fn metrics(State(node): State<Arc<RaftNode>>) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
     gauge("hamail_raft_term", "Current raft term.", s.term);
-    gauge("hamail_raft_is_leader", "1 when this node is the leader.", u64::from(s.state == "leader"));
-    gauge("hamail_raft_last_log_index", "Last raft log index.", s.last_log_index.unwrap_or(0));
-    gauge("hamail_raft_applied_index", "Last applied log index.", s.applied_index.unwrap_or(0));
-    gauge("hamail_raft_voters", "Voters in the membership.", s.voters.len() as u64);
+    gauge(
+        "hamail_raft_is_leader",
+        "1 when this node is the leader.",
+        u64::from(s.state == "leader"),
+    );
+    gauge(
+        "hamail_raft_last_log_index",
+        "Last raft log index.",
+        s.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "hamail_raft_applied_index",
+        "Last applied log index.",
+        s.applied_index.unwrap_or(0),
+    );
+    gauge(
+        "hamail_raft_voters",
+        "Voters in the membership.",
+        s.voters.len() as u64,
+    );
     gauge(
         "hamail_proposals_total",
         "Client writes proposed by this node.",

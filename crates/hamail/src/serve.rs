@@ -125,8 +125,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             name: cfg.node.name.clone(),
             site: cfg.node.site.clone(),
             rpc_addr: cfg.rpc_advertise(),
-            dns_addr: cfg.dns.listen.first().map(|a| a.to_string()).unwrap_or_default(),
-            smtp_addr: cfg.smtp.listen.first().map(|a| a.to_string()).unwrap_or_default(),
+            dns_addr: cfg
+                .dns
+                .listen
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            smtp_addr: cfg
+                .smtp
+                .listen
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
         };
         if node.bootstrap_single(info).await? {
             tracing::info!(node_id = id, "initialized a one-node cluster");
