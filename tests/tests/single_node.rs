@@ -409,7 +409,13 @@ fn acknowledged_writes_survive_kill_9() {
     // on disk already.
     node.kill9();
     node.start();
-    assert_eq!(node.json(&["recipient", "list", "--json"]).as_array().unwrap().len(), 20);
+    assert_eq!(
+        node.json(&["recipient", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
     assert_eq!(node.json(&["status", "--json"])["state_digest"], before);
     assert!(node.stop().success());
 }
