@@ -12,3 +12,7 @@ if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* 
     echo "scripts: installing clang and libclang-dev (RocksDB bindings)" >&2
     apt_install clang libclang-dev
 fi
+
+# The shared target directory of .cargo/config.toml, also when a script runs
+# from another working directory (cargo looks for its config from there).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hamail-target}"
