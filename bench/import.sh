@@ -14,8 +14,8 @@ if ! command -v postmap >/dev/null 2>&1; then
     apt_install postfix
 fi
 
-cargo build --quiet --manifest-path "$here/Cargo.toml" -p hamail
-bin="$(cd "$here" && cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/hamail"
+(cd "$here" && cargo build --quiet --workspace --all-targets)
+bin="$CARGO_TARGET_DIR/debug/hamail"
 
 work="$(mktemp -d /var/tmp/hamail-bench-import.XXXXXX)"
 pid=""

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hamail_raft::{NodeOptions, RaftNode};
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions, RaftNode};
 use hamail_store::Store;
 use hamail_types::{Command, DomainKind, DomainName, MailAddress};
 
@@ -162,12 +162,26 @@ async fn main() -> anyhow::Result<()> {
     .await??;
     row("disk: synced RocksDB writes, 50 writers", &mut disk50);
 
-    let store = Store::open(&dir.join("node").join("db"))?;
-    let node = RaftNode::start(1, store, dir.join("node"), &NodeOptions::default()).await?;
-    node.bootstrap_single(Default::default()).await?;
-    node.wait_for_leader(Duration::from_secs(30))
+    let node_dir = dir.join("node");
+    let store = Store::open(&node_dir.join("db"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let settings = ClusterSettings {
+        cluster_name: "bench".into(),
+        info: NodeInfo {
+            name: "bench".into(),
+            site: "local".into(),
+            rpc_addr: listener.local_addr()?.to_string(),
+            dns_addr: String::new(),
+            smtp_addr: String::new(),
+        },
+        node: NodeOptions::default(),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cluster = Cluster::open(node_dir, settings, store, listener, true, cancel).await?;
+    let node = cluster
+        .node()
         .await
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        .ok_or_else(|| anyhow::anyhow!("no node"))?;
     node.propose(vec![Command::DomainAdd {
         domain: DomainName::parse("bench.example")?,
         kind: DomainKind::Relay,
@@ -196,6 +210,6 @@ async fn main() -> anyhow::Result<()> {
         h50.rate() / disk1.rate(),
         h50.rate() / disk50.rate()
     );
-    node.shutdown().await;
+    cluster.shutdown().await;
     Ok(())
 }

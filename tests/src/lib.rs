@@ -59,7 +59,7 @@ pub struct Node {
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("hamail.toml");
     let text = format!(
-        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -76,6 +76,66 @@ impl Node {
             child: None,
             log: dir.join("serve.log"),
         }
+    }
+
+    /// Node `i` (1-based) of a test cluster: host 127.0.0.1<i>, cluster RPC on
+    /// `rpc_port`, fast raft timing, waiting for `cluster init` / `join`.
+    pub fn cluster_member(dir: &Path, i: u8, rpc_port: u16, extra: &str) -> Node {
+        let dir = dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hamail.toml");
+        let text = format!(
+            "[node]\nname = \"n{i}\"\nsite = \"site{i}\"\ndata_dir = \"{data}\"\n\n\
+             [cluster]\nbootstrap = false\nheartbeat_interval_ms = 100\n\
+             election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
+             write_timeout_ms = 4000\n{extra}\n\
+             [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\
+             [dns]\nlisten = [\"127.0.0.1{i}:1053\"]\n\n\
+             [smtp]\nlisten = [\"127.0.0.1{i}:2525\"]\n\n\
+             [metrics]\nlisten = \"127.0.0.1{i}:0\"\n",
+            data = dir.join("data").display()
+        );
+        std::fs::write(&path, text).unwrap();
+        Node {
+            dir: dir.clone(),
+            config: Some(path),
+            child: None,
+            log: dir.join("serve.log"),
+        }
+    }
+
+    /// The RPC address of a cluster member made by `cluster_member`.
+    pub fn rpc_addr(i: u8, rpc_port: u16) -> String {
+        format!("127.0.0.1{i}:{rpc_port}")
+    }
+
+    /// Starts a node that is in no cluster yet and waits until it answers.
+    pub fn start_waiting(&mut self) {
+        self.spawn();
+        let log = self.log.clone();
+        wait_for("hamail serve to answer status", || {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "hamail serve exited early ({status}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            self.cli(&["status", "--json"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// `status --json` if the node answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// A node on the embedded defaults, run from `dir` (data in dir/hamail-data).

@@ -8,8 +8,8 @@ mod server;
 
 pub use client::AdminClient;
 pub use protocol::{
-    AdminRequest, AdminResponse, AliasRow, DomainRow, RecipientRow, StatusInfo, TransportRow,
-    WriteResult,
+    AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, RecipientRow,
+    StatusInfo, TokenResult, TransportRow, WriteResult,
 };
 pub use server::{AdminContext, SOCKET_NAME, serve};
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use hamail_raft::RaftStatus;
+pub use hamail_raft::{ClusterView, MemberView};
 use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,24 @@ pub enum AdminRequest {
         domain: DomainName,
     },
     TransportList,
+    /// Create the cluster on this (waiting) node.
+    ClusterInit,
+    /// Issue a single-use join token valid for `ttl_secs`.
+    ClusterToken {
+        ttl_secs: u64,
+    },
+    /// Join the cluster that `address` (a member's RPC address) belongs to.
+    ClusterJoin {
+        address: String,
+        token: String,
+    },
+    ClusterStatus,
+    /// Remove this node from its cluster (this node then stops).
+    ClusterLeave,
+    /// Remove a node (by name or id), e.g. a dead one.
+    ClusterRemove {
+        node: String,
+    },
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -89,10 +108,17 @@ impl AdminResponse {
     }
 }
 
-/// The result of a committed write.
+/// The result of a committed write (or of a cluster operation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteResult {
     pub applied: Vec<String>,
+}
+
+/// `cluster token`: the token to pass to `cluster join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResult {
+    pub token: String,
+    pub expires_in_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,7 +127,8 @@ pub struct StatusInfo {
     pub name: String,
     pub site: String,
     pub data_dir: String,
-    pub raft: RaftStatus,
+    /// None while the node waits for `cluster init` / `cluster join`.
+    pub raft: Option<RaftStatus>,
     pub tables: BTreeMap<String, u64>,
     pub state_digest: String,
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_lite::StreamExt;
-use hamail_raft::RaftNode;
+use hamail_raft::{Cluster, ClusterError, RaftNode};
 use hamail_types::{Command, Outcome};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -25,7 +25,7 @@ pub const SOCKET_NAME: &str = "admin.sock";
 const MAX_LINE: usize = 256 << 20;
 
 pub struct AdminContext {
-    pub node: Arc<RaftNode>,
+    pub cluster: Arc<Cluster>,
     pub name: String,
     pub site: String,
     pub data_dir: PathBuf,
@@ -114,13 +114,31 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &AdminResponse) -> st
 
 /// Proposes commands and turns their outcomes into a reply: an error if any
 /// was rejected (a rejected command changed nothing).
+async fn node(ctx: &AdminContext) -> Result<Arc<RaftNode>, AdminResponse> {
+    ctx.cluster
+        .node()
+        .await
+        .ok_or_else(|| AdminResponse::error(ClusterError::NotInCluster.to_string()))
+}
+
+fn cluster_reply<T: serde::Serialize>(r: Result<T, ClusterError>) -> AdminResponse {
+    match r {
+        Ok(v) => AdminResponse::ok(v),
+        Err(e) => AdminResponse::error(e.to_string()),
+    }
+}
+
 async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
     for c in &commands {
         if let Err(e) = c.validate() {
             return AdminResponse::error(e.to_string());
         }
     }
-    match ctx.node.propose(commands).await {
+    let node = match node(ctx).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match node.propose(commands).await {
         Ok(outcomes) => {
             let mut applied = Vec::new();
             for o in outcomes {
@@ -141,7 +159,10 @@ async fn read<T: serde::Serialize + Send + 'static>(
     ctx: &AdminContext,
     f: impl FnOnce(&hamail_store::Store) -> Result<T, hamail_store::StoreError> + Send + 'static,
 ) -> AdminResponse {
-    let store = ctx.node.store().clone();
+    let store = match node(ctx).await {
+        Ok(n) => n.store().clone(),
+        Err(r) => return r,
+    };
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(Ok(v)) => AdminResponse::ok(v),
         Ok(Err(e)) => AdminResponse::error(e.to_string()),
@@ -152,30 +173,80 @@ async fn read<T: serde::Serialize + Send + 'static>(
 async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
     match req {
         AdminRequest::Status => {
-            let raft = ctx.node.status();
+            let raft = ctx.cluster.node().await.map(|n| n.status());
             let (name, site, data_dir) = (
                 ctx.name.clone(),
                 ctx.site.clone(),
                 ctx.data_dir.display().to_string(),
             );
-            read(ctx, move |s| {
-                let tables: BTreeMap<String, u64> = s
-                    .table_counts()?
-                    .into_iter()
-                    .map(|(t, n)| (t.cf_name().to_string(), n))
-                    .collect();
-                Ok(StatusInfo {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    name,
-                    site,
-                    data_dir,
-                    raft,
-                    tables,
-                    state_digest: s.state_digest()?,
-                })
-            })
-            .await
+            let store = ctx.cluster.store().clone();
+            let r = tokio::task::spawn_blocking(
+                move || -> Result<StatusInfo, hamail_store::StoreError> {
+                    let tables: BTreeMap<String, u64> = store
+                        .table_counts()?
+                        .into_iter()
+                        .map(|(t, n)| (t.cf_name().to_string(), n))
+                        .collect();
+                    Ok(StatusInfo {
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        name,
+                        site,
+                        data_dir,
+                        raft,
+                        tables,
+                        state_digest: store.state_digest()?,
+                    })
+                },
+            )
+            .await;
+            match r {
+                Ok(Ok(v)) => AdminResponse::ok(v),
+                Ok(Err(e)) => AdminResponse::error(e.to_string()),
+                Err(e) => AdminResponse::error(format!("status failed: {e}")),
+            }
         }
+        AdminRequest::ClusterInit => cluster_reply(
+            ctx.cluster
+                .init()
+                .await
+                .map(|m| WriteResult { applied: vec![m] }),
+        ),
+        AdminRequest::ClusterToken { ttl_secs } => {
+            if ttl_secs == 0 || ttl_secs > 30 * 86400 {
+                return AdminResponse::error("ttl must be from 1 s to 30 days");
+            }
+            cluster_reply(
+                ctx.cluster
+                    .token(std::time::Duration::from_secs(ttl_secs))
+                    .await
+                    .map(|token| TokenResult {
+                        token,
+                        expires_in_secs: ttl_secs,
+                    }),
+            )
+        }
+        AdminRequest::ClusterJoin { address, token } => {
+            tracing::info!(%address, "joining a cluster");
+            cluster_reply(
+                ctx.cluster
+                    .join(&address, &token)
+                    .await
+                    .map(|m| WriteResult { applied: vec![m] }),
+            )
+        }
+        AdminRequest::ClusterStatus => cluster_reply(ctx.cluster.status().await),
+        AdminRequest::ClusterLeave => cluster_reply(
+            ctx.cluster
+                .leave()
+                .await
+                .map(|m| WriteResult { applied: vec![m] }),
+        ),
+        AdminRequest::ClusterRemove { node } => cluster_reply(
+            ctx.cluster
+                .remove(&node)
+                .await
+                .map(|m| WriteResult { applied: vec![m] }),
+        ),
         AdminRequest::DomainAdd { domain, kind } => {
             write(ctx, vec![Command::DomainAdd { domain, kind }]).await
         }

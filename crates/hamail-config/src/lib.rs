@@ -68,8 +68,9 @@ impl Default for NodeSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// Initialise this node as a one-node cluster on first start. Set to
-    /// false on nodes that will join an existing cluster.
+    /// Initialise this node as a one-node cluster on first start (what
+    /// `hamail cluster init` does). Set to false on nodes that will join an
+    /// existing cluster with `hamail cluster join`.
     pub bootstrap: bool,
     /// Cluster name; nodes of different clusters refuse each other.
     pub name: String,
@@ -84,6 +85,9 @@ pub struct ClusterSection {
     /// Log entries kept after a snapshot (so slow followers catch up from
     /// the log rather than a snapshot).
     pub max_logs_kept_after_snapshot: u64,
+    /// A write not committed within this time fails with "no quorum" (the
+    /// CLI exits 1; SMTP will answer 451).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -96,6 +100,7 @@ impl Default for ClusterSection {
             election_timeout_max_ms: 3000,
             snapshot_logs_since_last: 5000,
             max_logs_kept_after_snapshot: 1000,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -253,6 +258,15 @@ impl Config {
             return Err(bad(
                 "cluster.snapshot_logs_since_last",
                 "must be above 0".into(),
+            ));
+        }
+        if c.write_timeout_ms < c.election_timeout_max_ms {
+            return Err(bad(
+                "cluster.write_timeout_ms",
+                format!(
+                    "{} must be at least cluster.election_timeout_max_ms ({}), or writes fail during a normal election",
+                    c.write_timeout_ms, c.election_timeout_max_ms
+                ),
             ));
         }
         if c.name.is_empty() {

@@ -6,16 +6,21 @@
 // our helpers return the same type rather than box and unbox it at every call.
 #![allow(clippy::result_large_err)]
 
+mod cluster;
 mod log_store;
 mod network;
 mod node;
+pub mod pki;
+pub mod rpc;
 mod snapshot_files;
 mod state_machine;
 mod types;
 
+pub use cluster::{Cluster, ClusterError, ClusterSettings, parse_ttl};
 pub use log_store::LogStore;
-pub use network::NoPeers;
+pub use network::{Contacts, Network};
 pub use node::{NodeOptions, ProposeError, RaftNode, RaftStatus, StartError};
+pub use rpc::{ClusterView, MemberView};
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, Request, Response, TypeConfig};
 

@@ -1,64 +1,166 @@
-//! The raft network of a node that has no peers. A one-node cluster never
-//! sends a raft RPC; the mTLS cluster RPC replaces this when a node joins
-//! others. Any attempt is answered as an unreachable peer, which openraft
-//! retries with backoff, so nothing is lost by it.
+//! openraft's network over the cluster RPC. Each replication stream (one per
+//! peer) and each vote round gets its own client with its own connection.
+//! A peer that cannot be reached is reported `Unreachable`, so openraft backs
+//! off; a remote raft error comes back as a remote error (a snapshot stream
+//! that the receiver lost restarts from the beginning).
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 
+use crate::pki::server_name;
+use crate::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
 use crate::{NodeInfo, TypeConfig};
 
-#[derive(Debug, Clone, Default)]
-pub struct NoPeers;
-
-fn unreachable<E: std::error::Error>(target: u64) -> RPCError<u64, NodeInfo, E> {
-    let e = std::io::Error::other(format!(
-        "node {target}: this build of hamail has no cluster RPC; a single node needs none"
-    ));
-    RPCError::Unreachable(Unreachable::new(&e))
+/// When each peer last answered an RPC (for `cluster status`).
+#[derive(Debug, Default)]
+pub struct Contacts {
+    last: Mutex<HashMap<u64, Instant>>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeerClient;
-    async fn new_client(&mut self, target: u64, _node: &NodeInfo) -> Self::Network {
-        NoPeerClient { target }
+impl Contacts {
+    fn touch(&self, id: u64) {
+        if let Ok(mut m) = self.last.lock() {
+            m.insert(id, Instant::now());
+        }
+    }
+
+    pub fn since(&self, id: u64) -> Option<Duration> {
+        self.last.lock().ok()?.get(&id).map(|t| t.elapsed())
     }
 }
 
-#[derive(Debug)]
-pub struct NoPeerClient {
-    target: u64,
+#[derive(Clone)]
+pub struct Network {
+    pub(crate) me: u64,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) contacts: Arc<Contacts>,
 }
 
-impl RaftNetwork<TypeConfig> for NoPeerClient {
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Self::Network {
+        PeerClient {
+            me: self.me,
+            target,
+            rpc: RpcClient::new(node.rpc_addr.clone(), server_name(target), self.tls.clone()),
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    me: u64,
+    target: u64,
+    rpc: RpcClient,
+    contacts: Arc<Contacts>,
+}
+
+fn to_rpc_error<E: std::error::Error>(
+    me: u64,
+    target: u64,
+    action: RPCTypes,
+    e: RpcError,
+) -> RPCError<u64, NodeInfo, E> {
+    match e {
+        RpcError::Timeout { timeout, .. } => RPCError::Timeout(Timeout {
+            action,
+            id: me,
+            target,
+            timeout,
+        }),
+        RpcError::Io { .. } | RpcError::Protocol { .. } => RPCError::Network(NetworkError::new(&e)),
+        other => RPCError::Unreachable(Unreachable::new(&other)),
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, NodeInfo, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "unexpected reply to {what}"
+    ))))
+}
+
+impl PeerClient {
+    async fn call(&mut self, req: RpcRequest, ttl: Duration) -> Result<RpcResponse, RpcError> {
+        let r = self.rpc.call(&req, ttl).await;
+        if r.is_ok() {
+            self.contacts.touch(self.target);
+        }
+        r
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
-        Err(unreachable(self.target))
+        match self
+            .call(RpcRequest::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RpcResponse::AppendEntries(Ok(r))) => Ok(r),
+            Ok(RpcResponse::AppendEntries(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected("append entries")),
+            Err(e) => Err(to_rpc_error(
+                self.me,
+                self.target,
+                RPCTypes::AppendEntries,
+                e,
+            )),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, NodeInfo, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(unreachable(self.target))
+        match self
+            .call(RpcRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RpcResponse::InstallSnapshot(Ok(r))) => Ok(r),
+            Ok(RpcResponse::InstallSnapshot(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected("install snapshot")),
+            Err(e) => Err(to_rpc_error(
+                self.me,
+                self.target,
+                RPCTypes::InstallSnapshot,
+                e,
+            )),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
-        Err(unreachable(self.target))
+        match self.call(RpcRequest::Vote(rpc), option.hard_ttl()).await {
+            Ok(RpcResponse::Vote(Ok(r))) => Ok(r),
+            Ok(RpcResponse::Vote(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected("vote")),
+            Err(e) => Err(to_rpc_error(self.me, self.target, RPCTypes::Vote, e)),
+        }
     }
 }

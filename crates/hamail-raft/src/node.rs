@@ -19,7 +19,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{HamailRaft, NoPeers, NodeInfo, Request, open_storage};
+use crate::network::{Contacts, Network};
+use crate::pki::server_name;
+use crate::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
+use crate::{HamailRaft, NodeInfo, Request, open_storage};
 
 /// Entries in flight at once. Fewer means bigger batches: on one node, 1, 2,
 /// 4 and 8 in flight gave 43k, 38k, 20k and 13k commits/s with 50 proposers
@@ -37,6 +40,8 @@ pub struct NodeOptions {
     pub election_timeout_max_ms: u64,
     pub snapshot_logs_since_last: u64,
     pub max_logs_kept_after_snapshot: u64,
+    /// A write not committed within this time fails (no quorum?).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for NodeOptions {
@@ -48,6 +53,7 @@ impl Default for NodeOptions {
             election_timeout_max_ms: 3000,
             snapshot_logs_since_last: 5000,
             max_logs_kept_after_snapshot: 1000,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -68,6 +74,12 @@ pub enum StartError {
 pub enum ProposeError {
     #[error("this node is not the leader{}", .leader.as_ref().map(|(id, n)| format!(" (the leader is node {id}, {n})")).unwrap_or_else(|| "; no leader is known (no quorum?)".into()))]
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    #[error(
+        "the write was not committed within {0} ms: no quorum? (a majority of the cluster must be reachable; the write may still be applied if the cluster recovers)"
+    )]
+    NoQuorum(u64),
+    #[error("forwarding to the leader failed: {0}")]
+    Forward(String),
     #[error("raft stopped: {0}")]
     Stopped(String),
     #[error("write failed: {0}")]
@@ -92,6 +104,13 @@ pub struct RaftNode {
     store: Store,
     tx: mpsc::Sender<Proposal>,
     pub stats: Arc<ProposerStats>,
+    write_timeout: Duration,
+    network: Network,
+    /// Connections to the leader for forwarded writes, by leader id.
+    forward: tokio::sync::Mutex<Option<(NodeId, RpcClient)>>,
+    /// Membership changes, one at a time.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    pub(crate) opts: NodeOptions,
 }
 
 /// What `hamail status` shows of raft.
@@ -125,6 +144,7 @@ impl RaftNode {
         store: Store,
         data_dir: PathBuf,
         opts: &NodeOptions,
+        network: Network,
     ) -> Result<Arc<RaftNode>, StartError> {
         let config = Config {
             cluster_name: opts.cluster_name.clone(),
@@ -133,6 +153,8 @@ impl RaftNode {
             election_timeout_max: opts.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: opts.max_logs_kept_after_snapshot,
+            // Snapshot chunks cross TLS and, in production, long links.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         };
         let config = Arc::new(
@@ -142,7 +164,7 @@ impl RaftNode {
         );
         let (log, sm) = open_storage(store.clone(), data_dir.join("snapshots"))
             .map_err(|e| StartError::Storage(e.to_string()))?;
-        let raft = Raft::new(node_id, config, NoPeers, log, sm)
+        let raft = Raft::new(node_id, config, network.clone(), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(16384);
@@ -154,6 +176,11 @@ impl RaftNode {
             store,
             tx,
             stats,
+            write_timeout: Duration::from_millis(opts.write_timeout_ms),
+            network,
+            forward: tokio::sync::Mutex::new(None),
+            membership_lock: tokio::sync::Mutex::new(()),
+            opts: opts.clone(),
         });
         node.elect_if_sole_voter().await;
         Ok(node)
@@ -209,9 +236,101 @@ impl RaftNode {
         }
     }
 
+    pub fn contacts(&self) -> &Arc<Contacts> {
+        &self.network.contacts
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// Proposes commands; returns once they are committed and applied, with
-    /// one outcome per command.
+    /// one outcome per command. On a follower the commands go to the leader.
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
+        let leader = {
+            let m = self.raft.metrics().borrow().clone();
+            m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| (l, n.clone()))
+            })
+        };
+        match leader {
+            Some((id, info)) if id != self.node_id => {
+                self.forward_propose(id, info, commands).await
+            }
+            _ => self.propose_local(commands).await,
+        }
+    }
+
+    /// Proposes here, without forwarding (the leader's side of a forward).
+    pub async fn propose_local(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Outcome>, ProposeError> {
+        let ms = self.write_timeout.as_millis() as u64;
+        match tokio::time::timeout(self.write_timeout, self.propose_inner(commands)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProposeError::NoQuorum(ms)),
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        leader: NodeId,
+        info: NodeInfo,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Outcome>, ProposeError> {
+        match self
+            .forward_call(leader, &info, RpcRequest::Propose(commands))
+            .await?
+        {
+            RpcResponse::Propose(Ok(outcomes)) => Ok(outcomes),
+            RpcResponse::Propose(Err(e)) => Err(ProposeError::Failed(e)),
+            _ => Err(ProposeError::Forward(
+                "unexpected reply from the leader".into(),
+            )),
+        }
+    }
+
+    /// One RPC to the leader over the kept forwarding connection.
+    pub(crate) async fn forward_call(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        req: RpcRequest,
+    ) -> Result<RpcResponse, ProposeError> {
+        let mut slot = self.forward.lock().await;
+        if slot
+            .as_ref()
+            .map(|(id, c)| *id != leader || c.addr() != info.rpc_addr)
+            != Some(false)
+        {
+            *slot = Some((
+                leader,
+                RpcClient::new(
+                    info.rpc_addr.clone(),
+                    server_name(leader),
+                    self.network.tls.clone(),
+                ),
+            ));
+        }
+        let Some((_, client)) = slot.as_mut() else {
+            return Err(ProposeError::Forward("no connection".into()));
+        };
+        client
+            .call(&req, self.write_timeout)
+            .await
+            .map_err(|e| match e {
+                RpcError::Timeout { .. } => {
+                    ProposeError::NoQuorum(self.write_timeout.as_millis() as u64)
+                }
+                other => ProposeError::Forward(format!("leader node {leader}: {other}")),
+            })
+    }
+
+    async fn propose_inner(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Proposal { commands, reply })

@@ -1,5 +1,6 @@
 //! The openraft type configuration and the payload of hamail's entries.
 
+pub use hamail_types::NodeInfo;
 use hamail_types::{Command, NodeId, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -17,23 +18,6 @@ pub struct Request {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub outcomes: Vec<Outcome>,
-}
-
-/// What the cluster knows of a node: its name, site and the addresses the
-/// others dial (advertised, not necessarily the listen addresses).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub name: String,
-    pub site: String,
-    pub rpc_addr: String,
-    pub dns_addr: String,
-    pub smtp_addr: String,
-}
-
-impl std::fmt::Display for NodeInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{} ({})", self.name, self.site, self.rpc_addr)
-    }
 }
 
 openraft::declare_raft_types!(

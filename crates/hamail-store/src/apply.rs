@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hamail_types::{Command, DomainKind, DomainName, MailAddress, Outcome};
+use hamail_types::{Command, DomainKind, DomainName, MailAddress, NodeId, NodeInfo, Outcome};
 use rocksdb::WriteBatch;
 
 use crate::db::CF_SM_META;
 use crate::tables::{
-    AliasRecord, DomainRecord, RecipientRecord, Table, TransportRecord, address_key, domain_key,
-    domain_prefix,
+    AliasRecord, DomainRecord, NEXT_NODE_ID_KEY, NodeRecord, RecipientRecord, Table, TokenRecord,
+    TransportRecord, address_key, domain_key, domain_prefix, node_key,
 };
 use crate::{Result, Store, StoreError, decode, encode};
 
@@ -171,10 +171,115 @@ impl<'a> Applier<'a> {
                 self.delete(Table::Transports, domain_key(domain));
                 Ok(Outcome::applied(format!("transport for {domain} deleted")))
             }
+            Command::TokenAdd {
+                token_hash,
+                expires_ms,
+            } => {
+                if self.get(Table::Tokens, token_hash.as_bytes())?.is_some() {
+                    return Ok(Outcome::rejected("this join token exists already"));
+                }
+                self.put(
+                    Table::Tokens,
+                    token_hash.as_bytes().to_vec(),
+                    &TokenRecord {
+                        expires_ms: *expires_ms,
+                        created_ms: time_ms,
+                        used_by: None,
+                    },
+                );
+                Ok(Outcome::applied("join token stored"))
+            }
+            Command::NodeAdmit { token_hash, info } => self.node_admit(token_hash, info, time_ms),
+            Command::NodeRegister { node_id, info } => {
+                if self.get(Table::Nodes, &node_key(*node_id))?.is_some() {
+                    return Ok(Outcome::rejected(format!(
+                        "node {node_id} is registered already"
+                    )));
+                }
+                self.put_node(*node_id, info, time_ms)?;
+                Ok(Outcome::applied(format!(
+                    "node {node_id} ({}) registered",
+                    info.name
+                )))
+            }
+            Command::NodeRemove { node_id } => {
+                let key = node_key(*node_id);
+                let Some(mut rec) = self.get_typed::<NodeRecord>(Table::Nodes, &key, "node")?
+                else {
+                    return Ok(Outcome::rejected(format!("no such node: {node_id}")));
+                };
+                rec.removed = true;
+                self.put(Table::Nodes, key, &rec);
+                Ok(Outcome::applied(format!(
+                    "node {node_id} ({}) removed",
+                    rec.info.name
+                )))
+            }
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),
         }
+    }
+
+    fn put_node(&mut self, id: NodeId, info: &NodeInfo, t: u64) -> Result<()> {
+        self.put(
+            Table::Nodes,
+            node_key(id),
+            &NodeRecord {
+                info: info.clone(),
+                joined_ms: t,
+                removed: false,
+            },
+        );
+        let next = self
+            .get_typed::<u64>(Table::Nodes, NEXT_NODE_ID_KEY, "next node id")?
+            .unwrap_or(1);
+        self.put(Table::Nodes, NEXT_NODE_ID_KEY.to_vec(), &next.max(id + 1));
+        Ok(())
+    }
+
+    fn node_admit(&mut self, token_hash: &str, info: &NodeInfo, t: u64) -> Result<Outcome> {
+        let Some(mut token) =
+            self.get_typed::<TokenRecord>(Table::Tokens, token_hash.as_bytes(), "token")?
+        else {
+            return Ok(Outcome::rejected(
+                "the join token is not valid for this cluster",
+            ));
+        };
+        if let Some(by) = token.used_by {
+            return Ok(Outcome::rejected(format!(
+                "the join token was already used (by node {by})"
+            )));
+        }
+        if token.expires_ms <= t {
+            return Ok(Outcome::rejected(format!(
+                "the join token expired {} s ago",
+                (t - token.expires_ms) / 1000
+            )));
+        }
+        let mut live_names = Vec::new();
+        self.store.scan_prefix(Table::Nodes, b"", |k, v| {
+            if k.len() == 8 {
+                let rec: NodeRecord = crate::decode("node", v)?;
+                if !rec.removed {
+                    live_names.push(rec.info.name);
+                }
+            }
+            Ok(())
+        })?;
+        if live_names.contains(&info.name) {
+            return Ok(Outcome::rejected(format!(
+                "a node named {} is already in the cluster; give the new node another [node] name",
+                info.name
+            )));
+        }
+        let id = self
+            .get_typed::<u64>(Table::Nodes, NEXT_NODE_ID_KEY, "next node id")?
+            .unwrap_or(1);
+        self.put_node(id, info, t)?;
+        token.used_by = Some(id);
+        self.put(Table::Tokens, token_hash.as_bytes().to_vec(), &token);
+        Ok(Outcome::Admitted { node_id: id })
     }
 
     fn domain_add(&mut self, domain: &DomainName, kind: DomainKind, t: u64) -> Result<Outcome> {

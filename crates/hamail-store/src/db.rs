@@ -306,6 +306,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Every node the cluster has admitted, removed ones included.
+    pub fn nodes(&self) -> Result<Vec<(u64, crate::NodeRecord)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(Table::Nodes, b"", |k, v| {
+            if let Ok(id) = <[u8; 8]>::try_from(k) {
+                out.push((u64::from_be_bytes(id), decode("node", v)?));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<crate::TokenRecord>> {
+        self.get(Table::Tokens, hash.as_bytes())?
+            .map(|v| decode("token", &v))
+            .transpose()
+    }
+
     pub fn transports(&self) -> Result<Vec<(DomainName, TransportRecord)>> {
         let mut out = Vec::new();
         self.scan_prefix(Table::Transports, b"", |k, v| {

@@ -12,7 +12,9 @@ pub use apply::Applier;
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use db::Store;
 pub use snapshot::SNAPSHOT_MAGIC;
-pub use tables::{AliasRecord, DomainRecord, RecipientRecord, Table, TransportRecord};
+pub use tables::{
+    AliasRecord, DomainRecord, NodeRecord, RecipientRecord, Table, TokenRecord, TransportRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -2,7 +2,7 @@
 //! Addresses are keyed `domain \0 local` so a domain's rows are one prefix
 //! (and a future split into raft groups by domain is a key range).
 
-use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec};
+use hamail_types::{DomainKind, DomainName, MailAddress, NodeId, NodeInfo, TransportSpec};
 use serde::{Deserialize, Serialize};
 
 /// A replicated table. The id is the table's tag in snapshot streams: never
@@ -92,6 +92,31 @@ pub struct TransportRecord {
     pub spec: TransportSpec,
     pub fallback: Vec<TransportSpec>,
     pub updated_ms: u64,
+}
+
+/// A join token (keyed by the SHA-256 of its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub expires_ms: u64,
+    pub created_ms: u64,
+    /// The node admitted with it; a token is single-use.
+    pub used_by: Option<NodeId>,
+}
+
+/// A cluster node (keyed by id, big-endian). Removed nodes stay, marked, so
+/// their ids and names are never reused by accident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub info: NodeInfo,
+    pub joined_ms: u64,
+    pub removed: bool,
+}
+
+/// Key of the next node id counter in the nodes table (node keys are 8 bytes).
+pub(crate) const NEXT_NODE_ID_KEY: &[u8] = b"next_node_id";
+
+pub(crate) fn node_key(id: NodeId) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
 }
 
 pub(crate) fn domain_key(d: &DomainName) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DomainName, MailAddress, TransportSpec, TypesError};
+use crate::{DomainName, MailAddress, NodeId, TransportSpec, TypesError};
 
 /// How mail for a domain is handled, in Postfix's address-class words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,49 @@ pub enum Command {
     TransportDel {
         domain: DomainName,
     },
+    /// A join token, stored hashed (SHA-256 of the secret, hex).
+    TokenAdd {
+        token_hash: String,
+        expires_ms: u64,
+    },
+    /// Consumes a join token and admits a new node under a fresh id (answered
+    /// with [`Outcome::Admitted`]). Ids are never reused.
+    NodeAdmit {
+        token_hash: String,
+        info: NodeInfo,
+    },
+    /// Records the node that initialised the cluster.
+    NodeRegister {
+        node_id: NodeId,
+        info: NodeInfo,
+    },
+    /// Marks a node removed; its id stays taken.
+    NodeRemove {
+        node_id: NodeId,
+    },
+}
+
+/// What the cluster knows of a node: its name, site and the addresses the
+/// others dial (advertised, not necessarily the listen addresses).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub site: String,
+    pub rpc_addr: String,
+    pub dns_addr: String,
+    pub smtp_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {} ({})", self.name, self.site, self.rpc_addr)
+    }
+}
+
+fn valid_token_hash(h: &str) -> bool {
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl Command {
@@ -131,6 +174,16 @@ impl Command {
             Command::TransportSet { fallback, .. } if fallback.len() > 8 => {
                 bad("at most 8 fallback transports".into())
             }
+            Command::TokenAdd { token_hash, .. } | Command::NodeAdmit { token_hash, .. }
+                if !valid_token_hash(token_hash) =>
+            {
+                bad("a token hash is 64 lower-case hex digits".into())
+            }
+            Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
+                if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
+            {
+                bad("a node needs a name (1-63 characters) and an RPC address".into())
+            }
             _ => Ok(()),
         }
     }
@@ -146,7 +199,11 @@ impl Command {
             | Command::RecipientDel { address }
             | Command::AliasAdd { address, .. }
             | Command::AliasDel { address, .. } => Some(address.domain()),
-            Command::RecipientImport { .. } => None,
+            Command::RecipientImport { .. }
+            | Command::TokenAdd { .. }
+            | Command::NodeAdmit { .. }
+            | Command::NodeRegister { .. }
+            | Command::NodeRemove { .. } => None,
         }
     }
 }
@@ -155,8 +212,16 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Outcome {
-    Applied { detail: String },
-    Rejected { reason: String },
+    Applied {
+        detail: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// A node was admitted under this id.
+    Admitted {
+        node_id: NodeId,
+    },
 }
 
 impl Outcome {
@@ -171,7 +236,7 @@ impl Outcome {
         }
     }
     pub fn is_applied(&self) -> bool {
-        matches!(self, Outcome::Applied { .. })
+        !matches!(self, Outcome::Rejected { .. })
     }
 }
 

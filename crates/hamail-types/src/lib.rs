@@ -9,7 +9,7 @@ mod map;
 mod transport;
 
 pub use address::MailAddress;
-pub use command::{Command, DomainKind, Outcome};
+pub use command::{Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use transport::{NextHop, TransportSpec};

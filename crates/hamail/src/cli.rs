@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use hamail_admin::{
-    AdminClient, AdminRequest, AliasRow, DomainRow, RecipientRow, SOCKET_NAME, StatusInfo,
-    TransportRow, WriteResult,
+    AdminClient, AdminRequest, AliasRow, ClusterView, DomainRow, RecipientRow, SOCKET_NAME,
+    StatusInfo, TokenResult, TransportRow, WriteResult,
 };
 use hamail_config::Config;
 use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec, parse_postfix_map};
@@ -96,6 +96,34 @@ pub enum TransportVerb {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ClusterVerb {
+    /// Create a cluster on this node: the cluster CA and a one-voter membership.
+    Init,
+    /// Print a single-use join token for a new node.
+    Token {
+        /// How long the token is valid: 90s, 30m, 1h, 2d (at most 30d).
+        #[arg(long, default_value = "1h", value_parser = hamail_raft::parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Join the cluster of a member (its RPC address), with a token from `cluster token`.
+    Join {
+        /// A member's RPC address, host:port.
+        address: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// Every node: role, reachability, replication lag; term, commit and applied index.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take this node out of the cluster (it stops afterwards).
+    Leave,
+    /// Remove a node (e.g. a dead one) by name or id.
+    Remove { node: String },
+}
+
 pub fn run(cfg: &Config, verb: Verb) -> anyhow::Result<()> {
     // Read input files before connecting: a bad file never reaches the node.
     let (req, json) = request(verb)?;
@@ -160,6 +188,26 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
             (AdminRequest::TransportDel { domain }, false)
         }
         Verb::Transport(TransportVerb::List { json }) => (AdminRequest::TransportList, json),
+        Verb::Cluster(ClusterVerb::Init) => (AdminRequest::ClusterInit, false),
+        Verb::Cluster(ClusterVerb::Token { ttl }) => (
+            AdminRequest::ClusterToken {
+                ttl_secs: ttl.as_secs(),
+            },
+            false,
+        ),
+        Verb::Cluster(ClusterVerb::Join { address, token }) => {
+            if !address.contains(':') {
+                anyhow::bail!(
+                    "invalid member address {address:?}: expected host:port, e.g. 192.0.2.10:7400"
+                );
+            }
+            (AdminRequest::ClusterJoin { address, token }, false)
+        }
+        Verb::Cluster(ClusterVerb::Status { json }) => (AdminRequest::ClusterStatus, json),
+        Verb::Cluster(ClusterVerb::Leave) => (AdminRequest::ClusterLeave, false),
+        Verb::Cluster(ClusterVerb::Remove { node }) => {
+            (AdminRequest::ClusterRemove { node }, false)
+        }
     })
 }
 
@@ -176,6 +224,11 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
     }
     match req {
         AdminRequest::Status => print_status(serde_json::from_value(result)?),
+        AdminRequest::ClusterToken { .. } => {
+            let t: TokenResult = serde_json::from_value(result)?;
+            println!("{}", t.token);
+        }
+        AdminRequest::ClusterStatus => print_cluster(serde_json::from_value(result)?),
         AdminRequest::DomainList => {
             let rows: Vec<DomainRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);
@@ -225,12 +278,57 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
     Ok(())
 }
 
+fn opt(v: Option<u64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn print_cluster(v: ClusterView) {
+    println!(
+        "leader {}, term {}, last log {}, applied {} (as seen by node {})",
+        opt(v.leader),
+        v.term,
+        opt(v.last_log_index),
+        opt(v.applied_index),
+        v.reported_by
+    );
+    let smtp = "SMTP";
+    println!(
+        "{:>4}  {:<14} {:<10} {:<8} {:<9} {:>8} {:>7} {:>6}  {:<21} {:<21} {smtp}",
+        "ID", "NAME", "SITE", "ROLE", "REACHABLE", "CONTACT", "MATCH", "LAG", "RPC", "DNS"
+    );
+    for m in v.members {
+        println!(
+            "{:>4}  {:<14} {:<10} {:<8} {:<9} {:>8} {:>7} {:>6}  {:<21} {:<21} {}",
+            m.node_id,
+            m.info.name,
+            m.info.site,
+            m.role,
+            match m.reachable {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "?",
+            },
+            m.last_contact_ms
+                .map(|x| format!("{x}ms"))
+                .unwrap_or_else(|| "-".into()),
+            opt(m.matched_index),
+            opt(m.lag),
+            m.info.rpc_addr,
+            m.info.dns_addr,
+            m.info.smtp_addr
+        );
+    }
+}
+
 fn print_status(s: StatusInfo) {
-    let r = &s.raft;
-    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-    println!("node        {} (id {}), site {}", s.name, r.node_id, s.site);
+    println!("node        {}, site {}", s.name, s.site);
     println!("version     {}", s.version);
     println!("data dir    {}", s.data_dir);
+    let Some(r) = &s.raft else {
+        println!("cluster     none yet: run `hamail cluster init` or `hamail cluster join`");
+        return;
+    };
+    println!("node id     {}", r.node_id);
     println!(
         "raft        {} in term {}, leader {}",
         r.state,

@@ -49,6 +49,9 @@ enum Verb {
     /// Per-domain transports (Postfix transport_maps syntax).
     #[command(subcommand)]
     Transport(cli::TransportVerb),
+    /// Cluster membership: init, token, join, status, leave, remove.
+    #[command(subcommand)]
+    Cluster(cli::ClusterVerb),
 }
 
 fn main() -> ExitCode {

@@ -8,18 +8,18 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use hamail_raft::RaftNode;
+use hamail_raft::Cluster;
 use tokio_util::sync::CancellationToken;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    node: Arc<RaftNode>,
+    cluster: Arc<Cluster>,
     cancel: CancellationToken,
 ) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(node);
+        .with_state(cluster);
     let shutdown = async move { cancel.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -29,7 +29,10 @@ pub async fn serve(
     }
 }
 
-async fn health(State(node): State<Arc<RaftNode>>) -> (StatusCode, String) {
+async fn health(State(cluster): State<Arc<Cluster>>) -> (StatusCode, String) {
+    let Some(node) = cluster.node().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not in a cluster\n".into());
+    };
     let s = node.status();
     match s.leader {
         Some(l) => (
@@ -40,9 +43,13 @@ async fn health(State(node): State<Arc<RaftNode>>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(node): State<Arc<RaftNode>>) -> String {
-    let s = node.status();
+async fn metrics(State(cluster): State<Arc<Cluster>>) -> String {
     let mut out = String::new();
+    let Some(node) = cluster.node().await else {
+        out.push_str("# not in a cluster\nhamail_cluster_member 0\n");
+        return out;
+    };
+    let s = node.status();
     let mut gauge = |name: &str, help: &str, v: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };

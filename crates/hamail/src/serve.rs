@@ -13,16 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hamail_admin::{AdminContext, SOCKET_NAME};
 use hamail_config::Config;
-use hamail_raft::{NodeInfo, NodeOptions, RaftNode};
-use hamail_store::{Store, decode, encode};
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
+use hamail_store::Store;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-const KEY_NODE_ID: &str = "node_id";
-/// The node id a bootstrapping node gives itself; joiners get theirs from
-/// the cluster, and ids are never reused.
-const FIRST_NODE_ID: u64 = 1;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
@@ -85,21 +80,6 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
     Ok(DataDirLock { _file: file })
 }
 
-fn node_id(store: &Store, bootstrap: bool) -> anyhow::Result<u64> {
-    if let Some(raw) = store.raft_meta_get(KEY_NODE_ID)? {
-        return Ok(decode::<u64>("node id", &raw)?);
-    }
-    if !bootstrap {
-        bail!(
-            "this node is in no cluster and [cluster] bootstrap = false; \
-             set bootstrap = true to start a one-node cluster (joining an existing cluster \
-             needs `hamail cluster join`, which this build does not have yet)"
-        );
-    }
-    store.raft_meta_put(KEY_NODE_ID, &encode(&FIRST_NODE_ID), true)?;
-    Ok(FIRST_NODE_ID)
-}
-
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let data_dir: PathBuf = cfg.node.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
@@ -109,22 +89,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (metrics.listen)", cfg.metrics.listen))?;
 
+    let rpc_listener = tokio::net::TcpListener::bind(cfg.rpc.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (rpc.listen)", cfg.rpc.listen))?;
+
     let store = Store::open(&data_dir.join("db"))?;
-    let id = node_id(&store, cfg.cluster.bootstrap)?;
-    let opts = NodeOptions {
+    let settings = ClusterSettings {
         cluster_name: cfg.cluster.name.clone(),
-        heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
-        election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,
-        election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
-        snapshot_logs_since_last: cfg.cluster.snapshot_logs_since_last,
-        max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
-    };
-    let node = RaftNode::start(id, store, data_dir.clone(), &opts).await?;
-    if cfg.cluster.bootstrap {
-        let info = NodeInfo {
+        info: NodeInfo {
             name: cfg.node.name.clone(),
             site: cfg.node.site.clone(),
-            rpc_addr: cfg.rpc_advertise(),
+            rpc_addr: if cfg.rpc.advertise.is_empty() {
+                rpc_listener.local_addr()?.to_string()
+            } else {
+                cfg.rpc.advertise.clone()
+            },
             dns_addr: cfg
                 .dns
                 .listen
@@ -137,19 +116,43 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .first()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-        };
-        if node.bootstrap_single(info).await? {
-            tracing::info!(node_id = id, "initialized a one-node cluster");
-        }
-    }
-    match node.wait_for_leader(Duration::from_secs(10)).await {
-        Some(leader) => tracing::info!(node_id = id, leader, "raft is up"),
-        None => tracing::warn!(node_id = id, "no raft leader yet; writes wait for one"),
-    }
-
+        },
+        node: NodeOptions {
+            cluster_name: cfg.cluster.name.clone(),
+            heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
+            election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,
+            election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
+            snapshot_logs_since_last: cfg.cluster.snapshot_logs_since_last,
+            max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
+            write_timeout_ms: cfg.cluster.write_timeout_ms,
+        },
+    };
     let cancel = CancellationToken::new();
+    let cluster = Cluster::open(
+        data_dir.clone(),
+        settings,
+        store,
+        rpc_listener,
+        cfg.cluster.bootstrap,
+        cancel.clone(),
+    )
+    .await?;
+    let id = match cluster.node().await {
+        Some(node) => {
+            match node.wait_for_leader(Duration::from_secs(10)).await {
+                Some(leader) => tracing::info!(node_id = node.node_id(), leader, "raft is up"),
+                None => tracing::warn!(
+                    node_id = node.node_id(),
+                    "no raft leader yet; writes wait for one"
+                ),
+            }
+            Some(node.node_id())
+        }
+        None => None,
+    };
+
     let ctx = Arc::new(AdminContext {
-        node: node.clone(),
+        cluster: cluster.clone(),
         name: cfg.node.name.clone(),
         site: cfg.node.site.clone(),
         data_dir: data_dir.clone(),
@@ -158,11 +161,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin = hamail_admin::serve(socket.clone(), ctx, cancel.clone())?;
     let metrics = tokio::spawn(crate::metrics::serve(
         metrics_listener,
-        node.clone(),
+        cluster.clone(),
         cancel.clone(),
     ));
     tracing::info!(
-        node_id = id,
+        node_id = ?id,
+        rpc = %cfg.rpc.listen,
         name = %cfg.node.name,
         data_dir = %data_dir.display(),
         admin_socket = %socket.display(),
@@ -175,11 +179,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = cancel.cancelled() => tracing::info!("left the cluster: shutting down"),
     }
     cancel.cancel();
     let _ = admin.await;
     let _ = metrics.await;
-    node.shutdown().await;
+    cluster.shutdown().await;
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# bench/cluster: commits per second on three nodes (TLS cluster RPC on
+# 127.0.0.11-13) beside one node, in one run. Usage: bench/cluster.sh [SECONDS]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+. "$here/scripts/deps.sh"
+cd "$here"
+cargo build --quiet --workspace --all-targets
+exec "$CARGO_TARGET_DIR/debug/cluster-bench" "${1:-5}"

@@ -1,0 +1,737 @@
+//! A node's place in the cluster: `cluster init` (a CA and a one-voter
+//! membership), `cluster token`, `cluster join` (verify the cluster by the
+//! token's CA fingerprint, get a certificate and a node id, catch up as a
+//! learner, become a voter), `cluster status`, `leave` and `remove`; and the
+//! RPC service every member runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hamail_store::{Store, decode, encode};
+use hamail_types::{Command, NodeId, NodeInfo, Outcome};
+use openraft::ChangeMembers;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::{Contacts, Network};
+use crate::pki::{JoinToken, Pki, join_client_config, server_name};
+use crate::rpc::{
+    AdminOp, ClusterView, JoinGrant, MemberView, RpcClient, RpcHandler, RpcRequest, RpcResponse,
+};
+use crate::{NodeOptions, ProposeError, RaftNode};
+
+const KEY_NODE_ID: &str = "node_id";
+const KEY_SEEDS: &str = "seed_members";
+const KEY_LEFT: &str = "left_cluster";
+/// How long a learner may take to catch up before promotion is abandoned.
+const PROMOTE_PATIENCE: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error(
+        "this node is not in a cluster yet: run `hamail cluster init` here, or `hamail cluster join ADDRESS --token TOKEN`"
+    )]
+    NotInCluster,
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] hamail_store::StoreError),
+    #[error(transparent)]
+    Start(#[from] crate::StartError),
+    #[error("{0}")]
+    Rpc(#[from] crate::rpc::RpcError),
+}
+
+/// What a node says about itself, from its config.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub cluster_name: String,
+    pub info: NodeInfo,
+    pub node: NodeOptions,
+}
+
+struct Running {
+    node: Arc<RaftNode>,
+    pki: Pki,
+}
+
+pub struct Cluster {
+    data_dir: PathBuf,
+    settings: ClusterSettings,
+    store: Store,
+    running: tokio::sync::RwLock<Option<Running>>,
+    /// The RPC listener, bound at start, served once the node is a member.
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    /// Members learned when joining, accepted until the log says more.
+    seeds: Arc<RwLock<BTreeMap<NodeId, NodeInfo>>>,
+    cancel: CancellationToken,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises init / join / leave on this node.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    /// Opens the node's cluster state: resumes membership, bootstraps a new
+    /// one-node cluster if asked to, or waits for `init` / `join`.
+    pub async fn open(
+        data_dir: PathBuf,
+        settings: ClusterSettings,
+        store: Store,
+        listener: TcpListener,
+        bootstrap: bool,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        if store.raft_meta_get(KEY_LEFT)?.is_some() {
+            return Err(ClusterError::Refused(format!(
+                "this node left its cluster; wipe {} before it serves again",
+                data_dir.display()
+            )));
+        }
+        let seeds = match store.raft_meta_get(KEY_SEEDS)? {
+            Some(v) => decode("seed members", &v)?,
+            None => BTreeMap::new(),
+        };
+        let cluster = Arc::new(Cluster {
+            data_dir,
+            settings,
+            store,
+            running: tokio::sync::RwLock::new(None),
+            listener: std::sync::Mutex::new(Some(listener)),
+            seeds: Arc::new(RwLock::new(seeds)),
+            cancel,
+            tasks: std::sync::Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        match cluster.stored_node_id()? {
+            Some(id) => {
+                let pki = if Pki::exists(&cluster.data_dir) {
+                    Pki::load(&cluster.data_dir, id)?
+                } else if id == 1 {
+                    // A one-node cluster from before the cluster PKI existed.
+                    Pki::create(&cluster.data_dir, &cluster.settings.cluster_name, id)?
+                } else {
+                    return Err(ClusterError::Refused(format!(
+                        "node {id} has no certificates in {}",
+                        Pki::dir_of(&cluster.data_dir).display()
+                    )));
+                };
+                cluster.start(id, pki).await?;
+            }
+            None if bootstrap => {
+                cluster.init().await?;
+            }
+            None => {
+                tracing::info!(
+                    "not in a cluster: waiting for `hamail cluster init` or `hamail cluster join`"
+                );
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn stored_node_id(&self) -> Result<Option<NodeId>, ClusterError> {
+        Ok(match self.store.raft_meta_get(KEY_NODE_ID)? {
+            Some(v) => Some(decode::<u64>("node id", &v)?),
+            None => None,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn node(&self) -> Option<Arc<RaftNode>> {
+        self.running.read().await.as_ref().map(|r| r.node.clone())
+    }
+
+    async fn require_node(&self) -> Result<(Arc<RaftNode>, Pki), ClusterError> {
+        let r = self.running.read().await;
+        let r = r.as_ref().ok_or(ClusterError::NotInCluster)?;
+        Ok((r.node.clone(), r.pki.clone()))
+    }
+
+    /// Starts raft and the RPC service as node `id`.
+    async fn start(&self, id: NodeId, pki: Pki) -> Result<Arc<RaftNode>, ClusterError> {
+        let network = Network {
+            me: id,
+            tls: pki.client_config()?,
+            contacts: Arc::new(Contacts::default()),
+        };
+        let node = RaftNode::start(
+            id,
+            self.store.clone(),
+            self.data_dir.clone(),
+            &self.settings.node,
+            network,
+        )
+        .await?;
+        let listener = self
+            .listener
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .ok_or_else(|| ClusterError::Refused("the RPC listener is already in use".into()))?;
+        let service = Arc::new(Service {
+            node: node.clone(),
+            pki: pki.clone(),
+            seeds: self.seeds.clone(),
+            cluster_name: self.settings.cluster_name.clone(),
+        });
+        let task = tokio::spawn(crate::rpc::serve(
+            listener,
+            pki.server_config()?,
+            service,
+            self.cancel.child_token(),
+        ));
+        if let Ok(mut t) = self.tasks.lock() {
+            t.push(task);
+        }
+        *self.running.write().await = Some(Running {
+            node: node.clone(),
+            pki,
+        });
+        tracing::info!(node_id = id, "raft and cluster RPC started");
+        Ok(node)
+    }
+
+    /// Creates the cluster: CA, this node's certificate, one-voter membership.
+    pub async fn init(&self) -> Result<String, ClusterError> {
+        let _l = self.lifecycle.lock().await;
+        if let Some(id) = self.stored_node_id()? {
+            return Err(ClusterError::Refused(format!(
+                "this node is already node {id} of a cluster"
+            )));
+        }
+        let id: NodeId = 1;
+        let pki = Pki::create(&self.data_dir, &self.settings.cluster_name, id)?;
+        self.store.raft_meta_put(KEY_NODE_ID, &encode(&id), true)?;
+        let node = self.start(id, pki).await?;
+        let members = BTreeMap::from([(id, self.settings.info.clone())]);
+        node.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ClusterError::Refused(format!("raft initialize: {e}")))?;
+        node.wait_for_leader(Duration::from_secs(30)).await;
+        node.propose(vec![Command::NodeRegister {
+            node_id: id,
+            info: self.settings.info.clone(),
+        }])
+        .await?;
+        tracing::info!(node_id = id, "initialized a one-node cluster");
+        Ok(format!(
+            "initialized cluster {} with node {id} ({}); add nodes with `hamail cluster token`",
+            self.settings.cluster_name, self.settings.info.name
+        ))
+    }
+
+    /// A single-use join token, valid for `ttl`.
+    pub async fn token(&self, ttl: Duration) -> Result<String, ClusterError> {
+        let (node, pki) = self.require_node().await?;
+        let token = JoinToken::generate(pki.ca_fingerprint()?)?;
+        let outcome = node
+            .propose(vec![Command::TokenAdd {
+                token_hash: token.hash(),
+                expires_ms: now_ms() + ttl.as_millis() as u64,
+            }])
+            .await?;
+        match outcome.into_iter().next() {
+            Some(Outcome::Applied { .. }) => Ok(token.to_string()),
+            Some(Outcome::Rejected { reason }) => Err(ClusterError::Refused(reason)),
+            other => Err(ClusterError::Refused(format!(
+                "unexpected outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Joins the cluster a member at `addr` belongs to.
+    pub async fn join(&self, addr: &str, token: &str) -> Result<String, ClusterError> {
+        let _l = self.lifecycle.lock().await;
+        if let Some(id) = self.stored_node_id()? {
+            return Err(ClusterError::Refused(format!(
+                "this node's data directory {} already holds a cluster (it is node {id}); \
+                 a node joins only with a fresh data directory",
+                self.data_dir.display()
+            )));
+        }
+        let token = JoinToken::parse(token)?;
+        let (csr_pem, key_pem) = crate::pki::make_csr()?;
+        let mut client = RpcClient::new(
+            addr.to_string(),
+            server_name(0),
+            join_client_config(&token.ca_fingerprint)?,
+        );
+        let req = RpcRequest::Join {
+            token_secret: token.secret.clone(),
+            csr_pem,
+            info: self.settings.info.clone(),
+        };
+        let grant = match client.call(&req, Duration::from_secs(30)).await {
+            Ok(RpcResponse::Joined(Ok(g))) => *g,
+            Ok(RpcResponse::Joined(Err(reason))) => return Err(ClusterError::Refused(reason)),
+            Ok(_) => {
+                return Err(ClusterError::Refused(format!(
+                    "{addr} sent an unexpected reply"
+                )));
+            }
+            Err(crate::rpc::RpcError::Tls { reason, .. }) => {
+                return Err(ClusterError::Refused(format!(
+                    "{addr} is not the cluster this token is for (its CA does not match the token's fingerprint): {reason}"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if crate::pki::fingerprint(
+            rustls::pki_types::pem::PemObject::from_pem_slice(grant.ca_pem.as_bytes())
+                .map(|c: rustls::pki_types::CertificateDer<'static>| c.as_ref().to_vec())
+                .map_err(|e| ClusterError::Refused(format!("CA certificate: {e}")))?
+                .as_slice(),
+        ) != token.ca_fingerprint
+        {
+            return Err(ClusterError::Refused(
+                "the cluster sent a CA that does not match the token".into(),
+            ));
+        }
+        let id = grant.node_id;
+        let pki = Pki::from_join(
+            &self.data_dir,
+            id,
+            grant.ca_pem,
+            grant.ca_key_pem,
+            grant.node_pem,
+            key_pem,
+        )?;
+        if let Ok(mut s) = self.seeds.write() {
+            *s = grant.members.clone();
+        }
+        self.store
+            .raft_meta_put(KEY_SEEDS, &encode(&grant.members), true)?;
+        self.store.raft_meta_put(KEY_NODE_ID, &encode(&id), true)?;
+        let node = self.start(id, pki).await?;
+        // Wait to become a voter: the leader promotes us once we caught up.
+        let deadline = tokio::time::Instant::now() + PROMOTE_PATIENCE;
+        let mut rx = node.raft.metrics();
+        loop {
+            let voter = rx
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == id);
+            if voter {
+                break;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return Err(ClusterError::Refused("raft stopped while joining".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ClusterError::Refused(format!(
+                        "joined as node {id} but not promoted to voter within {PROMOTE_PATIENCE:?}; see `hamail cluster status`"
+                    )));
+                }
+            }
+        }
+        Ok(format!(
+            "joined cluster {} as node {id} ({}), now a voter",
+            grant.cluster_name, self.settings.info.name
+        ))
+    }
+
+    pub async fn status(&self) -> Result<ClusterView, ClusterError> {
+        let (node, _) = self.require_node().await?;
+        if let Some(leader) = node.current_leader()
+            && leader != node.node_id()
+        {
+            let info = node
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .cloned();
+            if let Some(info) = info
+                && let Ok(RpcResponse::Status(Ok(view))) =
+                    node.forward_call(leader, &info, RpcRequest::Status).await
+            {
+                return Ok(view);
+            }
+        }
+        Ok(local_view(&node))
+    }
+
+    /// Removes this node from the cluster; then this process stops.
+    pub async fn leave(&self) -> Result<String, ClusterError> {
+        let _l = self.lifecycle.lock().await;
+        let (node, _) = self.require_node().await?;
+        let id = node.node_id();
+        let msg = admin(&node, AdminOp::RemoveNode { node_id: id }).await?;
+        self.store.raft_meta_put(KEY_LEFT, b"1", true)?;
+        tracing::info!(node_id = id, "left the cluster; stopping");
+        self.cancel.cancel();
+        Ok(format!(
+            "{msg}; this node stops now (wipe its data directory before reusing it)"
+        ))
+    }
+
+    /// Removes another node, by name or id.
+    pub async fn remove(&self, which: &str) -> Result<String, ClusterError> {
+        let (node, _) = self.require_node().await?;
+        let m = node.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let found = membership
+            .nodes()
+            .find(|(id, n)| n.name == which || id.to_string() == which)
+            .map(|(id, _)| *id);
+        let Some(id) = found else {
+            return Err(ClusterError::Refused(format!(
+                "no node {which:?} in the cluster (see `hamail cluster status`)"
+            )));
+        };
+        admin(&node, AdminOp::RemoveNode { node_id: id }).await
+    }
+
+    /// Stops raft and the RPC service.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        if let Some(r) = self.running.read().await.as_ref() {
+            r.node.shutdown().await;
+        }
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Runs a membership operation on the leader (here, or forwarded).
+async fn admin(node: &Arc<RaftNode>, op: AdminOp) -> Result<String, ClusterError> {
+    let leader = node.current_leader();
+    if leader == Some(node.node_id()) {
+        return leader_admin(node, op).await.map_err(ClusterError::Refused);
+    }
+    let Some(leader) = leader else {
+        return Err(ProposeError::NotLeader { leader: None }.into());
+    };
+    let info = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+        .ok_or(ProposeError::NotLeader { leader: None })?;
+    match node
+        .forward_call(leader, &info, RpcRequest::Admin(op))
+        .await?
+    {
+        RpcResponse::Admin(Ok(msg)) => Ok(msg),
+        RpcResponse::Admin(Err(e)) => Err(ClusterError::Refused(e)),
+        _ => Err(ClusterError::Refused(
+            "unexpected reply from the leader".into(),
+        )),
+    }
+}
+
+/// Membership changes, on the leader, one at a time.
+async fn leader_admin(node: &Arc<RaftNode>, op: AdminOp) -> Result<String, String> {
+    let _l = node.membership_lock.lock().await;
+    match op {
+        AdminOp::AddNode { node_id, info } => {
+            node.raft
+                .add_learner(node_id, info.clone(), false)
+                .await
+                .map_err(|e| format!("add learner {node_id}: {e}"))?;
+            let n = node.clone();
+            tokio::spawn(async move { promote_when_caught_up(n, node_id).await });
+            Ok(format!("node {node_id} ({}) added as a learner", info.name))
+        }
+        AdminOp::RemoveNode { node_id } => {
+            let m = node.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let is_learner = membership.learner_ids().any(|l| l == node_id);
+            if !voters.contains(&node_id) && !is_learner {
+                return Err(format!("node {node_id} is not a member"));
+            }
+            if voters.contains(&node_id) && voters.len() == 1 {
+                return Err(format!(
+                    "node {node_id} is the last voter: removing it would end the cluster"
+                ));
+            }
+            // Record the removal first (it frees the node's name for a
+            // replacement), then change the membership.
+            node.propose_local(vec![Command::NodeRemove { node_id }])
+                .await
+                .map_err(|e| format!("remove node {node_id}: {e}"))?;
+            let change = if voters.contains(&node_id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+            };
+            node.raft
+                .change_membership(change, false)
+                .await
+                .map_err(|e| format!("remove node {node_id}: {e}"))?;
+            Ok(format!("node {node_id} removed"))
+        }
+    }
+}
+
+/// Promotes a learner to voter once its log matches the leader's.
+async fn promote_when_caught_up(node: Arc<RaftNode>, id: NodeId) {
+    let deadline = tokio::time::Instant::now() + PROMOTE_PATIENCE;
+    let mut rx = node.raft.metrics();
+    loop {
+        let caught_up = {
+            let m = rx.borrow();
+            let target = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0);
+            m.state == openraft::ServerState::Leader && matched + 1 >= target
+        };
+        if caught_up {
+            let _l = node.membership_lock.lock().await;
+            match node
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node_id = id, "learner caught up: now a voter");
+                    return;
+                }
+                Err(e) => tracing::warn!(node_id = id, error = %e, "promotion failed; retrying"),
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(node_id = id, "learner did not catch up in time; not promoted");
+                return;
+            }
+        }
+    }
+}
+
+fn local_view(node: &Arc<RaftNode>) -> ClusterView {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let me = node.node_id();
+    let am_leader = m.current_leader == Some(me);
+    let heartbeat_dead = Duration::from_millis(node.opts.election_timeout_max_ms);
+    let members = membership
+        .nodes()
+        .map(|(id, info)| {
+            let role = if m.current_leader == Some(*id) {
+                "leader"
+            } else if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            };
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            let contact = if *id == me {
+                Some(Duration::ZERO)
+            } else {
+                node.contacts().since(*id)
+            };
+            MemberView {
+                node_id: *id,
+                info: info.clone(),
+                role: role.into(),
+                reachable: if am_leader || *id == me {
+                    Some(contact.is_some_and(|c| c < heartbeat_dead))
+                } else {
+                    None
+                },
+                last_contact_ms: contact.map(|c| c.as_millis() as u64),
+                matched_index: if *id == me { m.last_log_index } else { matched },
+                lag: if *id == me {
+                    Some(0)
+                } else {
+                    matched.map(|x| m.last_log_index.unwrap_or(0).saturating_sub(x))
+                },
+            }
+        })
+        .collect();
+    ClusterView {
+        reported_by: me,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        members,
+    }
+}
+
+/// The RPC service of a member.
+struct Service {
+    node: Arc<RaftNode>,
+    pki: Pki,
+    seeds: Arc<RwLock<BTreeMap<NodeId, NodeInfo>>>,
+    cluster_name: String,
+}
+
+impl RpcHandler for Service {
+    fn is_member(&self, id: NodeId) -> bool {
+        let m = self.node.raft.metrics().borrow().clone();
+        let in_log = m.membership_config.membership().get_node(&id).is_some();
+        let configured = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some();
+        in_log
+            || (!configured
+                && self
+                    .seeds
+                    .read()
+                    .map(|s| s.contains_key(&id))
+                    .unwrap_or(false))
+    }
+
+    async fn handle(&self, _caller: Option<NodeId>, req: RpcRequest) -> RpcResponse {
+        match req {
+            RpcRequest::AppendEntries(r) => {
+                RpcResponse::AppendEntries(self.node.raft.append_entries(r).await)
+            }
+            RpcRequest::Vote(r) => RpcResponse::Vote(self.node.raft.vote(r).await),
+            RpcRequest::InstallSnapshot(r) => {
+                RpcResponse::InstallSnapshot(self.node.raft.install_snapshot(r).await)
+            }
+            // One hop only: a forwarded write is not forwarded again.
+            RpcRequest::Propose(cmds) => RpcResponse::Propose(
+                self.node
+                    .propose_local(cmds)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            RpcRequest::Admin(op) => {
+                if self.node.current_leader() != Some(self.node.node_id()) {
+                    return RpcResponse::Admin(Err(
+                        "this node is no longer the leader; retry".into()
+                    ));
+                }
+                RpcResponse::Admin(leader_admin(&self.node, op).await)
+            }
+            RpcRequest::Status => RpcResponse::Status(Ok(local_view(&self.node))),
+            RpcRequest::Join {
+                token_secret,
+                csr_pem,
+                info,
+            } => RpcResponse::Joined(self.join(token_secret, csr_pem, info).await.map(Box::new)),
+        }
+    }
+}
+
+impl Service {
+    async fn join(
+        &self,
+        secret: String,
+        csr_pem: String,
+        info: NodeInfo,
+    ) -> Result<JoinGrant, String> {
+        let hash = JoinToken {
+            secret,
+            ca_fingerprint: String::new(),
+        }
+        .hash();
+        let outcome = self
+            .node
+            .propose(vec![Command::NodeAdmit {
+                token_hash: hash,
+                info: info.clone(),
+            }])
+            .await
+            .map_err(|e| e.to_string())?;
+        let node_id = match outcome.into_iter().next() {
+            Some(Outcome::Admitted { node_id }) => node_id,
+            Some(Outcome::Rejected { reason }) => return Err(reason),
+            other => return Err(format!("unexpected outcome {other:?}")),
+        };
+        let node_pem = self
+            .pki
+            .issue(node_id, &csr_pem)
+            .map_err(|e| e.to_string())?;
+        let members: BTreeMap<NodeId, NodeInfo> = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        admin(
+            &self.node,
+            AdminOp::AddNode {
+                node_id,
+                info: info.clone(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(node_id, name = %info.name, "admitted a node");
+        Ok(JoinGrant {
+            node_id,
+            node_pem,
+            ca_pem: self.pki.ca_pem().to_string(),
+            ca_key_pem: self.pki.ca_key_pem().to_string(),
+            cluster_name: self.cluster_name.clone(),
+            members,
+        })
+    }
+}
+
+/// Parses `--ttl` values: `90s`, `30m`, `1h`, `2d` (seconds without a unit).
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 1h, 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration {s:?}: unit must be s, m, h or d")),
+    };
+    if secs == 0 || secs > 30 * 86400 {
+        return Err(format!("invalid duration {s:?}: from 1s to 30d"));
+    }
+    Ok(Duration::from_secs(secs))
+}

@@ -1,0 +1,481 @@
+//! The cluster's PKI: a CA created by `cluster init`, node certificates that
+//! carry the node id (SAN `node-<id>`), join tokens that pin the CA by the
+//! SHA-256 of its certificate, and the rustls configurations built on them.
+//!
+//! Files in `<data_dir>/pki/`: `ca.pem`, `ca.key` (0600), `node.pem`,
+//! `node.key` (0600). Every node holds the CA key, so any surviving site can
+//! admit a replacement node; back the directory up with the data.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("certificate: {0}")]
+    Cert(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("invalid join token: {0}")]
+    Token(String),
+}
+
+fn cert_err(e: impl std::fmt::Display) -> PkiError {
+    PkiError::Cert(e.to_string())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> PkiError {
+    PkiError::Tls(e.to_string())
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS server name a node's certificate carries.
+pub fn node_dns_name(id: u64) -> String {
+    format!("node-{id}")
+}
+
+/// The node id of a peer certificate (its `node-<id>` SAN).
+pub fn peer_node_id(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = x.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|gn| match gn {
+        x509_parser::extensions::GeneralName::DNSName(s) => {
+            s.strip_prefix("node-").and_then(|id| id.parse().ok())
+        }
+        _ => None,
+    })
+}
+
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert_der))
+}
+
+fn write_private(path: &Path, data: &str) -> Result<(), PkiError> {
+    let ferr = |e: std::io::Error| PkiError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(ferr)?;
+    f.write_all(data.as_bytes()).map_err(ferr)?;
+    f.sync_all().map_err(ferr)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(ferr)?;
+    fs::rename(&tmp, path).map_err(ferr)
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|e| PkiError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A node's PKI material.
+#[derive(Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub node_id: u64,
+    ca_pem: String,
+    ca_key_pem: String,
+    node_pem: String,
+    node_key_pem: String,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+/// Parameters of a node certificate: the CA, not the requester, picks them.
+fn node_params(node_id: u64) -> Result<CertificateParams, PkiError> {
+    let name = node_dns_name(node_id);
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name.clone());
+    p.subject_alt_names = vec![SanType::DnsName(name.try_into().map_err(cert_err)?)];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p.serial_number = Some(node_id.into());
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(3650);
+    Ok(p)
+}
+
+/// A key pair and certificate request for a joining node.
+pub fn make_csr() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut p = CertificateParams::new(vec!["hamail-joiner".to_string()]).map_err(cert_err)?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "hamail-joiner");
+    let csr = p.serialize_request(&key).map_err(cert_err)?;
+    Ok((csr.pem().map_err(cert_err)?, key.serialize_pem()))
+}
+
+impl Pki {
+    pub fn dir_of(data_dir: &Path) -> PathBuf {
+        data_dir.join("pki")
+    }
+
+    pub fn exists(data_dir: &Path) -> bool {
+        Self::dir_of(data_dir).join("node.pem").exists()
+    }
+
+    /// Creates the cluster CA and the first node's certificate.
+    pub fn create(data_dir: &Path, cluster_name: &str, node_id: u64) -> Result<Pki, PkiError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("hamail CA {cluster_name}"));
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(3650 * 2);
+        let ca = p.self_signed(&key).map_err(cert_err)?;
+        let ca_pem = ca.pem();
+        let ca_key_pem = key.serialize_pem();
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem).map_err(cert_err)?)
+                .map_err(cert_err)?;
+        let node_key = KeyPair::generate().map_err(cert_err)?;
+        let node_pem = node_params(node_id)?
+            .signed_by(&node_key, &issuer)
+            .map_err(cert_err)?
+            .pem();
+        let pki = Pki {
+            dir: Self::dir_of(data_dir),
+            node_id,
+            ca_pem,
+            ca_key_pem,
+            node_pem,
+            node_key_pem: node_key.serialize_pem(),
+        };
+        pki.save()?;
+        Ok(pki)
+    }
+
+    /// Stores what a joining node received.
+    pub fn from_join(
+        data_dir: &Path,
+        node_id: u64,
+        ca_pem: String,
+        ca_key_pem: String,
+        node_pem: String,
+        node_key_pem: String,
+    ) -> Result<Pki, PkiError> {
+        let pki = Pki {
+            dir: Self::dir_of(data_dir),
+            node_id,
+            ca_pem,
+            ca_key_pem,
+            node_pem,
+            node_key_pem,
+        };
+        pki.save()?;
+        Ok(pki)
+    }
+
+    fn save(&self) -> Result<(), PkiError> {
+        fs::create_dir_all(&self.dir).map_err(|e| PkiError::File {
+            path: self.dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
+        write_private(&self.dir.join("ca.key"), &self.ca_key_pem)?;
+        write_private(&self.dir.join("node.key"), &self.node_key_pem)?;
+        write_private(&self.dir.join("ca.pem"), &self.ca_pem)?;
+        // node.pem last: its presence marks a complete PKI directory.
+        write_private(&self.dir.join("node.pem"), &self.node_pem)
+    }
+
+    pub fn load(data_dir: &Path, node_id: u64) -> Result<Pki, PkiError> {
+        let dir = Self::dir_of(data_dir);
+        let pki = Pki {
+            ca_pem: read(&dir.join("ca.pem"))?,
+            ca_key_pem: read(&dir.join("ca.key"))?,
+            node_pem: read(&dir.join("node.pem"))?,
+            node_key_pem: read(&dir.join("node.key"))?,
+            dir,
+            node_id,
+        };
+        let got = pki.node_cert()?;
+        if peer_node_id(&got) != Some(node_id) {
+            return Err(PkiError::Cert(format!(
+                "node.pem is not the certificate of node {node_id}"
+            )));
+        }
+        Ok(pki)
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key_pem
+    }
+
+    fn ca_cert(&self) -> Result<CertificateDer<'static>, PkiError> {
+        CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(cert_err)
+    }
+
+    fn node_cert(&self) -> Result<CertificateDer<'static>, PkiError> {
+        CertificateDer::from_pem_slice(self.node_pem.as_bytes()).map_err(cert_err)
+    }
+
+    /// SHA-256 of the CA certificate (DER), hex: what join tokens pin.
+    pub fn ca_fingerprint(&self) -> Result<String, PkiError> {
+        Ok(fingerprint(self.ca_cert()?.as_ref()))
+    }
+
+    /// Signs a joiner's request as node `node_id`.
+    pub fn issue(&self, node_id: u64, csr_pem: &str) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Cert(format!("certificate request: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(
+            &self.ca_pem,
+            KeyPair::from_pem(&self.ca_key_pem).map_err(cert_err)?,
+        )
+        .map_err(cert_err)?;
+        Ok(node_params(node_id)?
+            .signed_by(&csr.public_key, &issuer)
+            .map_err(cert_err)?
+            .pem())
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
+        let mut r = RootCertStore::empty();
+        r.add(self.ca_cert()?).map_err(tls_err)?;
+        Ok(Arc::new(r))
+    }
+
+    fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.as_bytes()).map_err(cert_err)?;
+        Ok((vec![self.node_cert()?, self.ca_cert()?], key))
+    }
+
+    /// Server side: TLS 1.3; a client certificate from our CA is checked if
+    /// sent. Clients without one may only ask to join (the RPC layer enforces it).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let prov = provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, prov.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
+        let (chain, key) = self.chain_and_key()?;
+        let cfg = ServerConfig::builder_with_provider(prov)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(tls_err)?;
+        Ok(Arc::new(cfg))
+    }
+
+    /// Client side between members: trusts only our CA, checks the server is
+    /// the node we dialled (by `node-<id>`), presents our own certificate.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, PkiError> {
+        let prov = provider();
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots()?, prov.clone())
+            .build()
+            .map_err(tls_err)?;
+        let (chain, key) = self.chain_and_key()?;
+        let cfg = ClientConfig::builder_with_provider(prov)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(chain, key)
+            .map_err(tls_err)?;
+        Ok(Arc::new(cfg))
+    }
+}
+
+pub fn server_name(node_id: u64) -> ServerName<'static> {
+    ServerName::try_from(node_dns_name(node_id)).unwrap_or(ServerName::IpAddress(
+        std::net::IpAddr::from([127, 0, 0, 1]).into(),
+    ))
+}
+
+/// Client config for a joiner: no certificate yet; the server must present
+/// a chain that ends in the CA whose fingerprint the token carries.
+pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, PkiError> {
+    let prov = provider();
+    let pin = hex::decode(ca_fingerprint)
+        .map_err(|_| PkiError::Token("the CA fingerprint is not hex".into()))?;
+    let verifier = CaPinVerifier {
+        pin,
+        provider: prov.clone(),
+    };
+    let cfg = ClientConfig::builder_with_provider(prov)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts a server chain only if it contains the pinned CA certificate and
+/// the server's certificate is signed by it (kubeadm's discovery-token-ca-cert-hash).
+#[derive(Debug)]
+struct CaPinVerifier {
+    pin: Vec<u8>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaPinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin.as_slice())
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        verify_server_cert_signed_by_trust_anchor(
+            &ParsedCertificate::try_from(end_entity)?,
+            &roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A join token: `hamail1.<secret>.<ca-fingerprint>`. The cluster stores only
+/// the SHA-256 of the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl JoinToken {
+    pub fn generate(ca_fingerprint: String) -> Result<JoinToken, PkiError> {
+        let mut buf = [0u8; 24];
+        getrandom::fill(&mut buf).map_err(|e| PkiError::Token(e.to_string()))?;
+        Ok(JoinToken {
+            secret: hex::encode(buf),
+            ca_fingerprint,
+        })
+    }
+
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
+    pub fn parse(s: &str) -> Result<JoinToken, PkiError> {
+        let mut parts = s.trim().split('.');
+        let (Some("hamail1"), Some(secret), Some(fp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(PkiError::Token(
+                "expected hamail1.<secret>.<ca-sha256>, as printed by `hamail cluster token`"
+                    .into(),
+            ));
+        };
+        let hex_ok = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok(secret, 48) || !hex_ok(fp, 64) {
+            return Err(PkiError::Token(
+                "the secret or the CA fingerprint has the wrong length".into(),
+            ));
+        }
+        Ok(JoinToken {
+            secret: secret.to_ascii_lowercase(),
+            ca_fingerprint: fp.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "hamail1.{}.{}", self.secret, self.ca_fingerprint)
+    }
+}
