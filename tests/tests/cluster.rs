@@ -163,6 +163,16 @@ fn hostile_tokens_and_joins_are_refused_and_change_nothing() {
     let seed = Node::rpc_addr(1, port);
     let mut n2 = Node::cluster_member(dir.path(), 2, port, "");
     n2.start_waiting();
+    // The last voter cannot be removed.
+    let out = nodes[0].cli(&["cluster", "remove", "n1"]);
+    assert!(stderr(&out).contains("last voter"), "{}", stderr(&out));
+    // A node outside any cluster says so for cluster verbs and writes.
+    let out = n2.cli(&["domain", "add", "example.jp"]);
+    assert!(
+        stderr(&out).contains("not in a cluster"),
+        "{}",
+        stderr(&out)
+    );
 
     let token = nodes[0].ok(&["cluster", "token"]).trim().to_string();
     let fp = token.rsplit('.').next().unwrap().to_string();

@@ -89,6 +89,75 @@ pub enum ProposeError {
 struct Proposal {
     commands: Vec<Command>,
     reply: oneshot::Sender<Result<Vec<Outcome>, ProposeError>>,
+    /// May go to the leader if this node is not it (false for writes that
+    /// were forwarded here already: one hop only).
+    forward: bool,
+}
+
+/// Connections to the leader, one per batch in flight.
+pub(crate) struct Forwarder {
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    slots: Vec<tokio::sync::Mutex<Option<(NodeId, RpcClient)>>>,
+}
+
+impl Forwarder {
+    fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+        Forwarder {
+            tls,
+            timeout,
+            slots: (0..MAX_INFLIGHT + 1)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+        }
+    }
+
+    /// One RPC to the leader over a kept connection.
+    pub(crate) async fn call(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        req: RpcRequest,
+    ) -> Result<RpcResponse, ProposeError> {
+        let mut slot = None;
+        for s in &self.slots {
+            if let Ok(g) = s.try_lock() {
+                slot = Some(g);
+                break;
+            }
+        }
+        let mut slot = match slot {
+            Some(g) => g,
+            None => self.slots[0].lock().await,
+        };
+        if slot
+            .as_ref()
+            .map(|(id, c)| *id != leader || c.addr() != info.rpc_addr)
+            != Some(false)
+        {
+            *slot = Some((
+                leader,
+                RpcClient::new(info.rpc_addr.clone(), server_name(leader), self.tls.clone()),
+            ));
+        }
+        let Some((_, client)) = slot.as_mut() else {
+            return Err(ProposeError::Forward("no connection".into()));
+        };
+        client.call(&req, self.timeout).await.map_err(|e| match e {
+            RpcError::Timeout { .. } => ProposeError::NoQuorum(self.timeout.as_millis() as u64),
+            other => ProposeError::Forward(format!("leader node {leader}: {other}")),
+        })
+    }
+}
+
+fn leader_info(raft: &HamailRaft) -> Option<(NodeId, NodeInfo)> {
+    let m = raft.metrics().borrow().clone();
+    m.current_leader.and_then(|l| {
+        m.membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| (l, n.clone()))
+    })
 }
 
 /// Counters for benchmarks and `/metrics`.
@@ -106,8 +175,7 @@ pub struct RaftNode {
     pub stats: Arc<ProposerStats>,
     write_timeout: Duration,
     network: Network,
-    /// Connections to the leader for forwarded writes, by leader id.
-    forward: tokio::sync::Mutex<Option<(NodeId, RpcClient)>>,
+    forwarder: Arc<Forwarder>,
     /// Membership changes, one at a time.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) opts: NodeOptions,
@@ -169,16 +237,24 @@ impl RaftNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(16384);
         let stats = Arc::new(ProposerStats::default());
-        tokio::spawn(proposer(raft.clone(), node_id, rx, stats.clone()));
+        let write_timeout = Duration::from_millis(opts.write_timeout_ms);
+        let forwarder = Arc::new(Forwarder::new(network.tls.clone(), write_timeout));
+        tokio::spawn(proposer(
+            raft.clone(),
+            node_id,
+            rx,
+            stats.clone(),
+            forwarder.clone(),
+        ));
         let node = Arc::new(RaftNode {
             raft,
             node_id,
             store,
             tx,
             stats,
-            write_timeout: Duration::from_millis(opts.write_timeout_ms),
+            write_timeout,
             network,
-            forward: tokio::sync::Mutex::new(None),
+            forwarder,
             membership_lock: tokio::sync::Mutex::new(()),
             opts: opts.clone(),
         });
@@ -192,24 +268,6 @@ impl RaftNode {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Makes this node a one-voter cluster, unless raft is initialized.
-    pub async fn bootstrap_single(&self, info: NodeInfo) -> Result<bool, StartError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?
-        {
-            return Ok(false);
-        }
-        let members = BTreeMap::from([(self.node_id, info)]);
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(true)
     }
 
     /// A sole voter need not wait out an election timeout after a restart.
@@ -245,99 +303,52 @@ impl RaftNode {
     }
 
     /// Proposes commands; returns once they are committed and applied, with
-    /// one outcome per command. On a follower the commands go to the leader.
+    /// one outcome per command. On a follower the batch goes to the leader.
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
-        let leader = {
-            let m = self.raft.metrics().borrow().clone();
-            m.current_leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| (l, n.clone()))
-            })
-        };
-        match leader {
-            Some((id, info)) if id != self.node_id => {
-                self.forward_propose(id, info, commands).await
-            }
-            _ => self.propose_local(commands).await,
-        }
+        self.submit(commands, true).await
     }
 
-    /// Proposes here, without forwarding (the leader's side of a forward).
+    /// Proposes without forwarding (the leader's side of a forward).
     pub async fn propose_local(
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Outcome>, ProposeError> {
+        self.submit(commands, false).await
+    }
+
+    async fn submit(
+        &self,
+        commands: Vec<Command>,
+        forward: bool,
+    ) -> Result<Vec<Outcome>, ProposeError> {
         let ms = self.write_timeout.as_millis() as u64;
-        match tokio::time::timeout(self.write_timeout, self.propose_inner(commands)).await {
+        let (reply, rx) = oneshot::channel();
+        let go = async {
+            self.tx
+                .send(Proposal {
+                    commands,
+                    reply,
+                    forward,
+                })
+                .await
+                .map_err(|_| ProposeError::Stopped("the proposer has stopped".into()))?;
+            rx.await
+                .map_err(|_| ProposeError::Stopped("the proposer dropped the write".into()))?
+        };
+        match tokio::time::timeout(self.write_timeout, go).await {
             Ok(r) => r,
             Err(_) => Err(ProposeError::NoQuorum(ms)),
         }
     }
 
-    async fn forward_propose(
-        &self,
-        leader: NodeId,
-        info: NodeInfo,
-        commands: Vec<Command>,
-    ) -> Result<Vec<Outcome>, ProposeError> {
-        match self
-            .forward_call(leader, &info, RpcRequest::Propose(commands))
-            .await?
-        {
-            RpcResponse::Propose(Ok(outcomes)) => Ok(outcomes),
-            RpcResponse::Propose(Err(e)) => Err(ProposeError::Failed(e)),
-            _ => Err(ProposeError::Forward(
-                "unexpected reply from the leader".into(),
-            )),
-        }
-    }
-
-    /// One RPC to the leader over the kept forwarding connection.
+    /// One RPC to the leader (membership changes, status).
     pub(crate) async fn forward_call(
         &self,
         leader: NodeId,
         info: &NodeInfo,
         req: RpcRequest,
     ) -> Result<RpcResponse, ProposeError> {
-        let mut slot = self.forward.lock().await;
-        if slot
-            .as_ref()
-            .map(|(id, c)| *id != leader || c.addr() != info.rpc_addr)
-            != Some(false)
-        {
-            *slot = Some((
-                leader,
-                RpcClient::new(
-                    info.rpc_addr.clone(),
-                    server_name(leader),
-                    self.network.tls.clone(),
-                ),
-            ));
-        }
-        let Some((_, client)) = slot.as_mut() else {
-            return Err(ProposeError::Forward("no connection".into()));
-        };
-        client
-            .call(&req, self.write_timeout)
-            .await
-            .map_err(|e| match e {
-                RpcError::Timeout { .. } => {
-                    ProposeError::NoQuorum(self.write_timeout.as_millis() as u64)
-                }
-                other => ProposeError::Forward(format!("leader node {leader}: {other}")),
-            })
-    }
-
-    async fn propose_inner(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Proposal { commands, reply })
-            .await
-            .map_err(|_| ProposeError::Stopped("the proposer has stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Stopped("the proposer dropped the write".into()))?
+        self.forwarder.call(leader, info, req).await
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -381,6 +392,7 @@ async fn proposer(
     node_id: NodeId,
     mut rx: mpsc::Receiver<Proposal>,
     stats: Arc<ProposerStats>,
+    forwarder: Arc<Forwarder>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
     while let Some(first) = rx.recv().await {
@@ -403,51 +415,98 @@ async fn proposer(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         stats.entries.fetch_add(1, Ordering::Relaxed);
         let raft = raft.clone();
+        let forwarder = forwarder.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut counts = Vec::with_capacity(batch.len());
-            let mut commands = Vec::with_capacity(n);
-            let mut replies = Vec::with_capacity(batch.len());
-            for p in batch {
-                counts.push(p.commands.len());
-                commands.extend(p.commands);
-                replies.push(p.reply);
-            }
-            let req = Request {
-                time_ms: now_ms(),
-                proposer: node_id,
-                commands,
-            };
-            match raft.client_write(req).await {
-                Ok(resp) => {
-                    let mut outcomes = resp.data.outcomes.into_iter();
-                    for (reply, count) in replies.into_iter().zip(counts) {
-                        let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
-                        let r = if mine.len() == count {
-                            Ok(mine)
-                        } else {
-                            Err(ProposeError::Failed(
-                                "state machine returned too few outcomes".into(),
-                            ))
-                        };
-                        let _ = reply.send(r);
+            match leader_info(&raft) {
+                Some((leader, info)) if leader != node_id => {
+                    // Not the leader: the whole batch goes there in one RPC.
+                    let (fwd, here): (Vec<Proposal>, Vec<Proposal>) =
+                        batch.into_iter().partition(|p| p.forward);
+                    for p in here {
+                        let _ = p.reply.send(Err(ProposeError::NotLeader {
+                            leader: Some((leader, info.clone())),
+                        }));
                     }
+                    if fwd.is_empty() {
+                        return;
+                    }
+                    let (commands, counts, replies) = split(fwd);
+                    let r = forwarder
+                        .call(leader, &info, RpcRequest::Propose(commands))
+                        .await
+                        .and_then(|resp| match resp {
+                            RpcResponse::Propose(Ok(outcomes)) => Ok(outcomes),
+                            RpcResponse::Propose(Err(e)) => Err(ProposeError::Failed(e)),
+                            _ => Err(ProposeError::Forward(
+                                "unexpected reply from the leader".into(),
+                            )),
+                        });
+                    deliver(r, counts, replies);
                 }
-                Err(e) => {
-                    let err = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            ProposeError::NotLeader {
-                                leader: f.leader_id.zip(f.leader_node),
-                            }
-                        }
-                        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
-                        other => ProposeError::Failed(other.to_string()),
+                _ => {
+                    let (commands, counts, replies) = split(batch);
+                    let req = Request {
+                        time_ms: now_ms(),
+                        proposer: node_id,
+                        commands,
                     };
-                    for reply in replies {
-                        let _ = reply.send(Err(err.clone()));
-                    }
+                    let r = raft
+                        .client_write(req)
+                        .await
+                        .map(|resp| resp.data.outcomes)
+                        .map_err(|e| match e {
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                                ProposeError::NotLeader {
+                                    leader: f.leader_id.zip(f.leader_node),
+                                }
+                            }
+                            RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                            other => ProposeError::Failed(other.to_string()),
+                        });
+                    deliver(r, counts, replies);
                 }
             }
         });
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Outcome>, ProposeError>>;
+
+/// Concatenates a batch's commands, remembering whose are whose.
+fn split(batch: Vec<Proposal>) -> (Vec<Command>, Vec<usize>, Vec<Reply>) {
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut commands = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        counts.push(p.commands.len());
+        commands.extend(p.commands);
+        replies.push(p.reply);
+    }
+    (commands, counts, replies)
+}
+
+/// Hands each proposer its own outcomes, or the batch's error.
+fn deliver(r: Result<Vec<Outcome>, ProposeError>, counts: Vec<usize>, replies: Vec<Reply>) {
+    match r {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for (reply, count) in replies.into_iter().zip(counts) {
+                let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
+                let r = if mine.len() == count {
+                    Ok(mine)
+                } else {
+                    Err(ProposeError::Failed(
+                        "the state machine returned too few outcomes".into(),
+                    ))
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
