@@ -28,6 +28,8 @@ awk -v n="$lines" 'BEGIN { for (i = 0; i < n; i++) printf "user%d@example.jp x\n
 cat > "$work/hamail.toml" <<EOT
 [node]
 data_dir = "$work/data"
+[cluster]
+bootstrap = true
 [metrics]
 listen = "127.0.0.1:0"
 EOT

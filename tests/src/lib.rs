@@ -59,7 +59,7 @@ pub struct Node {
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("hamail.toml");
     let text = format!(
-        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -79,14 +79,15 @@ impl Node {
     }
 
     /// Node `i` (1-based) of a test cluster: host 127.0.0.1<i>, cluster RPC on
-    /// `rpc_port`, fast raft timing, waiting for `cluster init` / `join`.
+    /// `rpc_port`, fast raft timing. The config does not set `bootstrap`, so
+    /// the node waits for `cluster init` / `join`.
     pub fn cluster_member(dir: &Path, i: u8, rpc_port: u16, extra: &str) -> Node {
         let dir = dir.join(format!("n{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hamail.toml");
         let text = format!(
             "[node]\nname = \"n{i}\"\nsite = \"site{i}\"\ndata_dir = \"{data}\"\n\n\
-             [cluster]\nbootstrap = false\nheartbeat_interval_ms = 100\n\
+             [cluster]\nheartbeat_interval_ms = 100\n\
              election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
              write_timeout_ms = 4000\n{extra}\n\
              [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\

@@ -14,9 +14,16 @@ fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
         .map(|i| Node::cluster_member(dir, i, port, extra))
         .collect();
     nodes[0].start_waiting();
+    assert!(
+        nodes[0].status().unwrap()["raft"].is_null(),
+        "waits for init"
+    );
     let out = nodes[0].ok(&["cluster", "init"]);
     assert!(out.contains("initialized cluster"), "{out}");
     nodes[0].wait_ready();
+    // Init again is a no-op.
+    let out = nodes[0].ok(&["cluster", "init"]);
+    assert!(out.contains("already initialized"), "{out}");
     let seed = Node::rpc_addr(1, port);
     for node in nodes.iter_mut().skip(1) {
         let token = nodes_token(&seed, dir, port);

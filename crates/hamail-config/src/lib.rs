@@ -69,8 +69,9 @@ impl Default for NodeSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// Initialise this node as a one-node cluster on first start (what
-    /// `hamail cluster init` does). Set to false on nodes that will join an
-    /// existing cluster with `hamail cluster join`.
+    /// `hamail cluster init` does). True for the embedded default (no config
+    /// file); a config file that does not set it means false, so nodes that
+    /// will `hamail cluster join` never start a cluster of their own.
     pub bootstrap: bool,
     /// Cluster name; nodes of different clusters refuse each other.
     pub name: String,
@@ -186,11 +187,27 @@ impl Config {
     }
 
     /// Parses and validates config text; `origin` names it in errors.
+    ///
+    /// A config file that does not set `[cluster] bootstrap` waits for
+    /// `hamail cluster init` or `hamail cluster join`: only the embedded
+    /// default (no file at all) bootstraps on its own. A node that is meant
+    /// to join must never make a cluster of its own by accident.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let bootstrap_set = table
+            .get("cluster")
+            .and_then(|c| c.as_table())
+            .is_some_and(|c| c.contains_key("bootstrap"));
+        if !bootstrap_set {
+            cfg.cluster.bootstrap = false;
+        }
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -330,7 +347,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_is_the_default() {
-        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    fn empty_file_is_the_default_but_waits_for_init_or_join() {
+        let mut want = Config::default();
+        want.cluster.bootstrap = false;
+        assert_eq!(Config::parse("", "t").unwrap(), want);
+        assert!(
+            Config::parse("[cluster]\nbootstrap = true\n", "t")
+                .unwrap()
+                .cluster
+                .bootstrap
+        );
+        assert!(
+            Config::default().cluster.bootstrap,
+            "the embedded default bootstraps"
+        );
     }
 }

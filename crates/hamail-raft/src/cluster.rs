@@ -213,8 +213,28 @@ impl Cluster {
     pub async fn init(&self) -> Result<String, ClusterError> {
         let _l = self.lifecycle.lock().await;
         if let Some(id) = self.stored_node_id()? {
+            // Init twice on the same first node is a no-op, so scripts may
+            // repeat it; anything else is a real conflict.
+            let sole_first = id == 1
+                && self.node().await.is_some_and(|n| {
+                    let voters: Vec<u64> = n
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .collect();
+                    voters == [1]
+                });
+            if sole_first {
+                return Ok(format!(
+                    "already initialized: this node is node 1 of cluster {}",
+                    self.settings.cluster_name
+                ));
+            }
             return Err(ClusterError::Refused(format!(
-                "this node is already node {id} of a cluster"
+                "this node is already node {id} of a cluster with other members; nothing to initialize"
             )));
         }
         let id: NodeId = 1;
