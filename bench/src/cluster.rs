@@ -7,71 +7,12 @@
 //! Usage: cluster-bench [SECONDS] [BASE-PORT]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions, RaftNode};
 use hamail_store::Store;
-use hamail_types::{Command, DomainKind, DomainName, MailAddress};
+use hamail_types::{Command, DomainKind, DomainName};
 use tokio_util::sync::CancellationToken;
-
-struct Run {
-    ops: u64,
-    secs: f64,
-    lat_us: Vec<u64>,
-}
-
-impl Run {
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.lat_us.is_empty() {
-            return 0.0;
-        }
-        self.lat_us.sort_unstable();
-        let i = ((self.lat_us.len() - 1) as f64 * p).round() as usize;
-        self.lat_us[i] as f64 / 1000.0
-    }
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.secs
-    }
-}
-
-async fn load(node: Arc<RaftNode>, proposers: usize, dur: Duration, tag: &str) -> Run {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..proposers {
-        let node = node.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while start.elapsed() < dur && lat.len() < 1_000_000 {
-                let address = MailAddress::parse(&format!("{tag}-{p}-{i}@bench.example")).unwrap();
-                let t = Instant::now();
-                match node
-                    .propose(vec![Command::RecipientAdd {
-                        address,
-                        value: String::new(),
-                    }])
-                    .await
-                {
-                    Ok(o) if o.iter().all(|o| o.is_applied()) => {}
-                    other => panic!("write failed: {other:?}"),
-                }
-                lat.push(t.elapsed().as_micros() as u64);
-                i += 1;
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap_or_default());
-    }
-    Run {
-        ops: lat.len() as u64,
-        secs: start.elapsed().as_secs_f64(),
-        lat_us: lat,
-    }
-}
 
 async fn member(
     base: &std::path::Path,
@@ -100,16 +41,6 @@ async fn member(
         },
     };
     Ok(Cluster::open(dir, settings, store, listener, false, cancel.child_token()).await?)
-}
-
-fn row(name: &str, r: &mut Run) {
-    println!(
-        "{name:<40} {:>9.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} ops)",
-        r.rate(),
-        r.pct(0.5),
-        r.pct(0.99),
-        r.ops
-    );
 }
 
 async fn prepare(node: &Arc<RaftNode>) -> anyhow::Result<()> {
@@ -142,10 +73,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok_or_else(|| anyhow::anyhow!("no node"))?;
     prepare(&node).await?;
-    let mut s1 = load(node.clone(), 1, dur, "s1").await;
-    row("1 node, 1 proposer", &mut s1);
-    let mut s50 = load(node.clone(), 50, dur, "s50").await;
-    row("1 node, 50 proposers", &mut s50);
+    let mut s1 = hamail_bench::proposer_load(node.clone(), 1, dur, "s1").await;
+    s1.row("1 node, 1 proposer");
+    let mut s50 = hamail_bench::proposer_load(node.clone(), 50, dur, "s50").await;
+    s50.row("1 node, 50 proposers");
     single.shutdown().await;
 
     // Three nodes.
@@ -164,18 +95,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok_or_else(|| anyhow::anyhow!("no node"))?;
     prepare(&leader).await?;
-    let mut t1 = load(leader.clone(), 1, dur, "t1").await;
-    row("3 nodes, 1 proposer (on the leader)", &mut t1);
+    let mut t1 = hamail_bench::proposer_load(leader.clone(), 1, dur, "t1").await;
+    t1.row("3 nodes, 1 proposer (on the leader)");
     let e0 = leader
         .stats
         .entries
         .load(std::sync::atomic::Ordering::Relaxed);
-    let mut t50 = load(leader.clone(), 50, dur, "t50").await;
+    let mut t50 = hamail_bench::proposer_load(leader.clone(), 50, dur, "t50").await;
     let e1 = leader
         .stats
         .entries
         .load(std::sync::atomic::Ordering::Relaxed);
-    row("3 nodes, 50 proposers (on the leader)", &mut t50);
+    t50.row("3 nodes, 50 proposers (on the leader)");
     println!(
         "3 nodes, 50 proposers: {:.1} commands per raft entry",
         t50.ops as f64 / (e1 - e0).max(1) as f64
@@ -184,8 +115,8 @@ async fn main() -> anyhow::Result<()> {
         .node()
         .await
         .ok_or_else(|| anyhow::anyhow!("no node"))?;
-    let mut f50 = load(follower, 50, dur, "f50").await;
-    row("3 nodes, 50 proposers (on a follower)", &mut f50);
+    let mut f50 = hamail_bench::proposer_load(follower, 50, dur, "f50").await;
+    f50.row("3 nodes, 50 proposers (on a follower)");
     println!(
         "ratios 3 nodes / 1 node: 1 proposer {:.2}, 50 proposers {:.2} (goal >= 0.5), via a follower {:.2}",
         t1.rate() / s1.rate(),

@@ -6,32 +6,12 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions, RaftNode};
+use hamail_bench::Run;
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
 use hamail_store::Store;
-use hamail_types::{Command, DomainKind, DomainName, MailAddress};
-
-struct Run {
-    ops: u64,
-    secs: f64,
-    lat_us: Vec<u64>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.secs
-    }
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.lat_us.is_empty() {
-            return 0.0;
-        }
-        self.lat_us.sort_unstable();
-        let i = ((self.lat_us.len() - 1) as f64 * p).round() as usize;
-        self.lat_us[i] as f64 / 1000.0
-    }
-}
+use hamail_types::{Command, DomainKind, DomainName};
 
 /// The disk alone: small writes, each followed by fdatasync, one at a time.
 fn disk_fsync_loop(dir: &std::path::Path, dur: Duration) -> anyhow::Result<Run> {
@@ -47,11 +27,7 @@ fn disk_fsync_loop(dir: &std::path::Path, dur: Duration) -> anyhow::Result<Run> 
         f.sync_data()?;
         lat.push(t.elapsed().as_micros() as u64);
     }
-    Ok(Run {
-        ops: lat.len() as u64,
-        secs: start.elapsed().as_secs_f64(),
-        lat_us: lat,
-    })
+    Ok(Run::new(start, lat))
 }
 
 /// The disk with group commit: `threads` writers doing synced RocksDB writes
@@ -82,62 +58,7 @@ fn disk_group_commit(dir: &std::path::Path, threads: usize, dur: Duration) -> an
     for h in handles {
         lat.extend(h.join().unwrap_or_default());
     }
-    Ok(Run {
-        ops: lat.len() as u64,
-        secs: start.elapsed().as_secs_f64(),
-        lat_us: lat,
-    })
-}
-
-/// hamail: `proposers` tasks each proposing one small command at a time and
-/// waiting for it to be committed and applied.
-async fn hamail_commits(node: Arc<RaftNode>, proposers: usize, dur: Duration, tag: &str) -> Run {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..proposers {
-        let node = node.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while start.elapsed() < dur && lat.len() < 1_000_000 {
-                let address = MailAddress::parse(&format!("{tag}-p{p}-{i}@bench.example")).unwrap();
-                let t = Instant::now();
-                match node
-                    .propose(vec![Command::RecipientAdd {
-                        address,
-                        value: String::new(),
-                    }])
-                    .await
-                {
-                    Ok(o) if o.iter().all(|o| o.is_applied()) => {}
-                    other => panic!("write failed: {other:?}"),
-                }
-                lat.push(t.elapsed().as_micros() as u64);
-                i += 1;
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap_or_default());
-    }
-    Run {
-        ops: lat.len() as u64,
-        secs: start.elapsed().as_secs_f64(),
-        lat_us: lat,
-    }
-}
-
-fn row(name: &str, r: &mut Run) {
-    println!(
-        "{name:<44} {:>10.0} /s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ops)",
-        r.rate(),
-        r.pct(0.50),
-        r.pct(0.99),
-        r.ops
-    );
+    Ok(Run::new(start, lat))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -154,13 +75,13 @@ async fn main() -> anyhow::Result<()> {
     println!("bench/commit: {secs} s per run, data in {}", dir.display());
 
     let mut disk1 = disk_fsync_loop(dir, dur)?;
-    row("disk: write+fdatasync loop (1 writer)", &mut disk1);
+    disk1.row("disk: write+fdatasync loop (1 writer)");
     let mut disk50 = tokio::task::spawn_blocking({
         let d = dir.to_path_buf();
         move || disk_group_commit(&d, 50, dur)
     })
     .await??;
-    row("disk: synced RocksDB writes, 50 writers", &mut disk50);
+    disk50.row("disk: synced RocksDB writes, 50 writers");
 
     let node_dir = dir.join("node");
     let store = Store::open(&node_dir.join("db"))?;
@@ -188,18 +109,18 @@ async fn main() -> anyhow::Result<()> {
     }])
     .await?;
 
-    let mut h1 = hamail_commits(node.clone(), 1, dur, "one").await;
-    row("hamail: committed commands, 1 proposer", &mut h1);
+    let mut h1 = hamail_bench::proposer_load(node.clone(), 1, dur, "one").await;
+    h1.row("hamail: committed commands, 1 proposer");
     let e0 = node
         .stats
         .entries
         .load(std::sync::atomic::Ordering::Relaxed);
-    let mut h50 = hamail_commits(node.clone(), 50, dur, "fifty").await;
+    let mut h50 = hamail_bench::proposer_load(node.clone(), 50, dur, "fifty").await;
     let e1 = node
         .stats
         .entries
         .load(std::sync::atomic::Ordering::Relaxed);
-    row("hamail: committed commands, 50 proposers", &mut h50);
+    h50.row("hamail: committed commands, 50 proposers");
     println!(
         "hamail with 50 proposers: {:.1} commands per raft entry",
         h50.ops as f64 / (e1 - e0).max(1) as f64

@@ -113,21 +113,25 @@ impl Node {
     /// Starts a node that is in no cluster yet and waits until it answers.
     pub fn start_waiting(&mut self) {
         self.spawn();
-        let log = self.log.clone();
         wait_for("hamail serve to answer status", || {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "hamail serve exited early ({status}); log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            self.assert_running();
             self.cli(&["status", "--json"])
                 .status
                 .success()
                 .then_some(())
         });
+    }
+
+    /// Panics with the server's log if it has exited.
+    fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "hamail serve exited early ({status}); log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
     }
 
     /// `status --json` if the node answers.
@@ -183,16 +187,8 @@ impl Node {
     }
 
     pub fn wait_ready(&mut self) {
-        let log = self.log.clone();
         wait_for("hamail serve to answer status with a leader", || {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "hamail serve exited early ({status}); log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            self.assert_running();
             let out = self.cli(&["status", "--json"]);
             if !out.status.success() {
                 return None;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::network::{Contacts, Network};
+use crate::node::leader_info;
 use crate::pki::{JoinToken, Pki, join_client_config, server_name};
 use crate::rpc::{
     AdminOp, ClusterView, JoinGrant, MemberView, RpcClient, RpcHandler, RpcRequest, RpcResponse,
@@ -374,23 +375,12 @@ impl Cluster {
 
     pub async fn status(&self) -> Result<ClusterView, ClusterError> {
         let (node, _) = self.require_node().await?;
-        if let Some(leader) = node.current_leader()
+        if let Some((leader, info)) = leader_info(&node.raft)
             && leader != node.node_id()
+            && let Ok(RpcResponse::Status(Ok(view))) =
+                node.forward_call(leader, &info, RpcRequest::Status).await
         {
-            let info = node
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .cloned();
-            if let Some(info) = info
-                && let Ok(RpcResponse::Status(Ok(view))) =
-                    node.forward_call(leader, &info, RpcRequest::Status).await
-            {
-                return Ok(view);
-            }
+            return Ok(view);
         }
         Ok(local_view(&node))
     }
@@ -445,22 +435,12 @@ impl Cluster {
 
 /// Runs a membership operation on the leader (here, or forwarded).
 async fn admin(node: &Arc<RaftNode>, op: AdminOp) -> Result<String, ClusterError> {
-    let leader = node.current_leader();
-    if leader == Some(node.node_id()) {
-        return leader_admin(node, op).await.map_err(ClusterError::Refused);
-    }
-    let Some(leader) = leader else {
+    let Some((leader, info)) = leader_info(&node.raft) else {
         return Err(ProposeError::NotLeader { leader: None }.into());
     };
-    let info = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&leader)
-        .cloned()
-        .ok_or(ProposeError::NotLeader { leader: None })?;
+    if leader == node.node_id() {
+        return leader_admin(node, op).await.map_err(ClusterError::Refused);
+    }
     match node
         .forward_call(leader, &info, RpcRequest::Admin(op))
         .await?

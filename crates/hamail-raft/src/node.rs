@@ -150,7 +150,8 @@ impl Forwarder {
     }
 }
 
-fn leader_info(raft: &HamailRaft) -> Option<(NodeId, NodeInfo)> {
+/// The leader this node knows of, with its address.
+pub(crate) fn leader_info(raft: &HamailRaft) -> Option<(NodeId, NodeInfo)> {
     let m = raft.metrics().borrow().clone();
     m.current_leader.and_then(|l| {
         m.membership_config

@@ -268,14 +268,7 @@ impl Store {
     }
 
     pub fn domains(&self) -> Result<Vec<(DomainName, DomainRecord)>> {
-        let mut out = Vec::new();
-        self.scan_prefix(Table::Domains, b"", |k, v| {
-            if let Some(d) = domain_from_key(k) {
-                out.push((d, decode("domain", v)?));
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        self.keyed_rows(Table::Domains, b"", domain_from_key, "domain")
     }
 
     pub fn recipients(
@@ -296,10 +289,22 @@ impl Store {
         what: &'static str,
     ) -> Result<Vec<(MailAddress, T)>> {
         let prefix = domain.map(domain_prefix).unwrap_or_default();
+        self.keyed_rows(table, &prefix, address_from_key, what)
+    }
+
+    /// Decoded rows under `prefix` whose key `key` understands (others, like
+    /// counters kept in the same table, are skipped).
+    fn keyed_rows<K, T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        key: impl Fn(&[u8]) -> Option<K>,
+        what: &'static str,
+    ) -> Result<Vec<(K, T)>> {
         let mut out = Vec::new();
-        self.scan_prefix(table, &prefix, |k, v| {
-            if let Some(a) = address_from_key(k) {
-                out.push((a, decode(what, v)?));
+        self.scan_prefix(table, prefix, |k, v| {
+            if let Some(key) = key(k) {
+                out.push((key, decode(what, v)?));
             }
             Ok(())
         })?;
@@ -308,14 +313,8 @@ impl Store {
 
     /// Every node the cluster has admitted, removed ones included.
     pub fn nodes(&self) -> Result<Vec<(u64, crate::NodeRecord)>> {
-        let mut out = Vec::new();
-        self.scan_prefix(Table::Nodes, b"", |k, v| {
-            if let Ok(id) = <[u8; 8]>::try_from(k) {
-                out.push((u64::from_be_bytes(id), decode("node", v)?));
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        let id = |k: &[u8]| <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes);
+        self.keyed_rows(Table::Nodes, b"", id, "node")
     }
 
     pub fn token(&self, hash: &str) -> Result<Option<crate::TokenRecord>> {
@@ -325,14 +324,7 @@ impl Store {
     }
 
     pub fn transports(&self) -> Result<Vec<(DomainName, TransportRecord)>> {
-        let mut out = Vec::new();
-        self.scan_prefix(Table::Transports, b"", |k, v| {
-            if let Some(d) = domain_from_key(k) {
-                out.push((d, decode("transport", v)?));
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        self.keyed_rows(Table::Transports, b"", domain_from_key, "transport")
     }
 
     /// Rows per table, for `hamail status`.
