@@ -73,7 +73,15 @@ fn three_sites_replicate_and_survive_the_loss_of_the_leader() {
     let port = 17410;
     let mut nodes = form_cluster(dir.path(), port, 3, "");
 
-    let view = nodes[2].json(&["cluster", "status", "--json"]);
+    // The leader's view, from a follower: everyone caught up and reachable.
+    let view = wait_for("every member caught up and reachable", || {
+        let v = nodes[2].json(&["cluster", "status", "--json"]);
+        let ok = v["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["lag"] == 0 && m["reachable"] == true);
+        ok.then_some(v)
+    });
     let members = view["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{view}");
     let roles: Vec<&str> = members
@@ -86,6 +94,30 @@ fn three_sites_replicate_and_survive_the_loss_of_the_leader() {
         "{view}"
     );
     assert_eq!(roles.iter().filter(|r| **r == "voter").count(), 2, "{view}");
+    for m in members {
+        for key in [
+            "id",
+            "name",
+            "site",
+            "rpc_addr",
+            "role",
+            "reachable",
+            "last_contact_ms",
+            "match_index",
+            "lag",
+        ] {
+            assert!(m.get(key).is_some(), "member without {key}: {view}");
+        }
+    }
+    for key in [
+        "term",
+        "leader",
+        "commit_index",
+        "applied_index",
+        "last_log_index",
+    ] {
+        assert!(view.get(key).is_some(), "status without {key}: {view}");
+    }
     let text = nodes[1].ok(&["cluster", "status"]);
     assert!(text.contains("site3") && text.contains("leader"), "{text}");
 
@@ -307,7 +339,7 @@ fn peers_without_a_valid_certificate_are_refused() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["node_id"].as_u64().unwrap())
+        .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [1, 2, 4], "ids are never reused: {view}");
     nodes.push(n4);

@@ -567,8 +567,12 @@ fn local_view(node: &Arc<RaftNode>) -> ClusterView {
                 node.contacts().since(*id)
             };
             MemberView {
-                node_id: *id,
-                info: info.clone(),
+                id: *id,
+                name: info.name.clone(),
+                site: info.site.clone(),
+                rpc_addr: info.rpc_addr.clone(),
+                dns_addr: info.dns_addr.clone(),
+                smtp_addr: info.smtp_addr.clone(),
                 role: role.into(),
                 reachable: if am_leader || *id == me {
                     Some(contact.is_some_and(|c| c < heartbeat_dead))
@@ -576,7 +580,7 @@ fn local_view(node: &Arc<RaftNode>) -> ClusterView {
                     None
                 },
                 last_contact_ms: contact.map(|c| c.as_millis() as u64),
-                matched_index: if *id == me { m.last_log_index } else { matched },
+                match_index: if *id == me { m.last_log_index } else { matched },
                 lag: if *id == me {
                     Some(0)
                 } else {
@@ -590,6 +594,7 @@ fn local_view(node: &Arc<RaftNode>) -> ClusterView {
         leader: m.current_leader,
         term: m.current_term,
         last_log_index: m.last_log_index,
+        commit_index: m.last_applied.map(|l| l.index),
         applied_index: m.last_applied.map(|l| l.index),
         members,
     }

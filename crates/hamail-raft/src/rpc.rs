@@ -82,12 +82,21 @@ pub struct JoinGrant {
 /// One member in `cluster status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberView {
-    pub node_id: NodeId,
-    pub info: NodeInfo,
+    pub id: NodeId,
+    pub name: String,
+    pub site: String,
+    pub rpc_addr: String,
+    pub dns_addr: String,
+    pub smtp_addr: String,
+    /// leader, voter or learner.
     pub role: String,
+    /// As the leader sees it (None when reported by a follower).
     pub reachable: Option<bool>,
+    /// Milliseconds since the reporting node last heard from this one.
     pub last_contact_ms: Option<u64>,
-    pub matched_index: Option<u64>,
+    /// Highest log index known to match the leader's log.
+    pub match_index: Option<u64>,
+    /// Entries behind the leader's last log index.
     pub lag: Option<u64>,
 }
 
@@ -98,6 +107,10 @@ pub struct ClusterView {
     pub leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
+    /// Highest index known committed: the reporter's applied index (entries
+    /// are applied as soon as they commit; openraft 0.9 does not export its
+    /// commit index separately).
+    pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<MemberView>,
 }

@@ -284,10 +284,11 @@ fn opt(v: Option<u64>) -> String {
 
 fn print_cluster(v: ClusterView) {
     println!(
-        "leader {}, term {}, last log {}, applied {} (as seen by node {})",
+        "leader {}, term {}, last log {}, commit {}, applied {} (as seen by node {})",
         opt(v.leader),
         v.term,
         opt(v.last_log_index),
+        opt(v.commit_index),
         opt(v.applied_index),
         v.reported_by
     );
@@ -299,9 +300,9 @@ fn print_cluster(v: ClusterView) {
     for m in v.members {
         println!(
             "{:>4}  {:<14} {:<10} {:<8} {:<9} {:>8} {:>7} {:>6}  {:<21} {:<21} {}",
-            m.node_id,
-            m.info.name,
-            m.info.site,
+            m.id,
+            m.name,
+            m.site,
             m.role,
             match m.reachable {
                 Some(true) => "yes",
@@ -311,11 +312,11 @@ fn print_cluster(v: ClusterView) {
             m.last_contact_ms
                 .map(|x| format!("{x}ms"))
                 .unwrap_or_else(|| "-".into()),
-            opt(m.matched_index),
+            opt(m.match_index),
             opt(m.lag),
-            m.info.rpc_addr,
-            m.info.dns_addr,
-            m.info.smtp_addr
+            m.rpc_addr,
+            m.dns_addr,
+            m.smtp_addr
         );
     }
 }
