@@ -7,7 +7,7 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hamail_store::{Applier, Store, decode, encode};
+use hamail_store::{Applier, ApplyContext, Store, decode, encode};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
@@ -145,8 +145,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => replies.push(Response::default()),
                 EntryPayload::Normal(req) => {
                     let mut outcomes = Vec::with_capacity(req.commands.len());
+                    let ctx = ApplyContext {
+                        time_ms: req.time_ms,
+                        proposer: req.proposer,
+                        log_index: entry.log_id.index,
+                    };
                     for cmd in &req.commands {
-                        outcomes.push(ap.apply(cmd, req.time_ms).map_err(storage_err)?);
+                        outcomes.push(ap.apply(cmd, &ctx).map_err(storage_err)?);
                     }
                     for (cmd, o) in req.commands.iter().zip(&outcomes) {
                         if let hamail_types::Outcome::Rejected { reason } = o {

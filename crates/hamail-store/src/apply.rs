@@ -13,9 +13,19 @@ use rocksdb::WriteBatch;
 use crate::db::CF_SM_META;
 use crate::tables::{
     AliasRecord, DomainRecord, NEXT_NODE_ID_KEY, NodeRecord, RecipientRecord, Table, TokenRecord,
-    TransportRecord, address_key, domain_key, domain_prefix, node_key,
+    TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState, address_key, domain_key, domain_prefix,
+    node_key,
 };
 use crate::{Result, Store, StoreError, decode, encode};
+use hamail_types::zone;
+
+/// What apply knows of the entry a command came in: never a clock of its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyContext {
+    pub time_ms: u64,
+    pub proposer: NodeId,
+    pub log_index: u64,
+}
 
 pub struct Applier<'a> {
     store: &'a Store,
@@ -107,10 +117,11 @@ impl<'a> Applier<'a> {
 
     /// Applies one command. `Err` only for a storage failure; a command that
     /// does not fit the state is an `Ok(Outcome::Rejected)` and changes nothing.
-    pub fn apply(&mut self, cmd: &Command, time_ms: u64) -> Result<Outcome> {
+    pub fn apply(&mut self, cmd: &Command, ctx: &ApplyContext) -> Result<Outcome> {
         if let Err(e) = cmd.validate() {
             return Ok(Outcome::rejected(e.to_string()));
         }
+        let time_ms = ctx.time_ms;
         match cmd {
             Command::DomainAdd { domain, kind } => self.domain_add(domain, *kind, time_ms),
             Command::DomainDel { domain } => self.domain_del(domain),
@@ -215,10 +226,144 @@ impl<'a> Applier<'a> {
                     rec.info.name
                 )))
             }
+            Command::ZoneCreate { zone, records } => {
+                if self.get(Table::Zones, zone.as_str().as_bytes())?.is_some() {
+                    return Ok(Outcome::rejected(format!("zone {zone} exists already")));
+                }
+                self.zone_write(zone, None, records.clone(), ctx, "zone created".into())
+            }
+            Command::ZoneDelete { zone } => {
+                if self.get(Table::Zones, zone.as_str().as_bytes())?.is_none() {
+                    return Ok(Outcome::rejected(format!("no such zone: {zone}")));
+                }
+                self.delete(Table::Zones, zone.as_str().as_bytes().to_vec());
+                Ok(Outcome::applied(format!("zone {zone} deleted")))
+            }
+            Command::ZoneReplace { zone, records } => {
+                let Some(old) = self.zone_state(zone)? else {
+                    return Ok(Outcome::rejected(format!(
+                        "no such zone: {zone} (use `zone add --file`)"
+                    )));
+                };
+                let n = records.len();
+                self.zone_write(
+                    zone,
+                    Some(old),
+                    records.clone(),
+                    ctx,
+                    format!("zone imported ({n} records)"),
+                )
+            }
+            Command::RecordAdd { zone, record } => {
+                let Some(old) = self.zone_state(zone)? else {
+                    return Ok(Outcome::rejected(format!("no such zone: {zone}")));
+                };
+                if old.records.contains(record) {
+                    return Ok(Outcome::rejected(format!("{record} exists already")));
+                }
+                let mut records = old.records.clone();
+                records.push(record.clone());
+                self.zone_write(zone, Some(old), records, ctx, format!("add {record}"))
+            }
+            Command::RecordSet { zone, record } => {
+                let Some(old) = self.zone_state(zone)? else {
+                    return Ok(Outcome::rejected(format!("no such zone: {zone}")));
+                };
+                let mut records: Vec<_> = old
+                    .records
+                    .iter()
+                    .filter(|r| !(r.name == record.name && r.rtype == record.rtype))
+                    .cloned()
+                    .collect();
+                records.push(record.clone());
+                self.zone_write(zone, Some(old), records, ctx, format!("set {record}"))
+            }
+            Command::RecordDelete {
+                zone,
+                name,
+                rtype,
+                rdata,
+            } => {
+                let Some(old) = self.zone_state(zone)? else {
+                    return Ok(Outcome::rejected(format!("no such zone: {zone}")));
+                };
+                let hit = |r: &hamail_types::ZoneRecord| {
+                    r.name == *name
+                        && rtype.as_ref().is_none_or(|t| *t == r.rtype)
+                        && rdata.as_ref().is_none_or(|d| *d == r.rdata)
+                        && r.rtype != "SOA"
+                };
+                let gone = old.records.iter().filter(|r| hit(r)).count();
+                if gone == 0 {
+                    return Ok(Outcome::rejected(format!("no matching record at {name}")));
+                }
+                let records: Vec<_> = old.records.iter().filter(|r| !hit(r)).cloned().collect();
+                let what = format!(
+                    "delete {name}{}{} ({gone} records)",
+                    rtype.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+                    rdata.as_ref().map(|d| format!(" {d}")).unwrap_or_default()
+                );
+                self.zone_write(zone, Some(old), records, ctx, what)
+            }
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),
         }
+    }
+
+    fn zone_state(&self, zone: &DomainName) -> Result<Option<ZoneState>> {
+        self.get_typed(Table::Zones, zone.as_str().as_bytes(), "zone")
+    }
+
+    /// Writes a zone's new records with the next serial, after checking the
+    /// zone as a whole; the answer names the new serial.
+    fn zone_write(
+        &mut self,
+        zone: &DomainName,
+        old: Option<ZoneState>,
+        mut records: Vec<hamail_types::ZoneRecord>,
+        ctx: &ApplyContext,
+        change: String,
+    ) -> Result<Outcome> {
+        if let Err(e) = zone::check_zone(zone, &records) {
+            return Ok(Outcome::rejected(e.to_string()));
+        }
+        let given = records
+            .iter()
+            .find(|r| r.rtype == "SOA")
+            .and_then(|r| zone::soa_serial(&r.rdata));
+        let (serial, mut history) = match old {
+            Some(o) => (zone::next_serial(o.serial, given), o.history),
+            None => (given.unwrap_or(1), Vec::new()),
+        };
+        for r in records.iter_mut().filter(|r| r.rtype == "SOA") {
+            r.rdata = zone::with_soa_serial(&r.rdata, serial);
+        }
+        records.sort();
+        records.dedup();
+        history.push(ZoneChange {
+            log_index: ctx.log_index,
+            time_ms: ctx.time_ms,
+            proposer: ctx.proposer,
+            serial,
+            change: change.clone(),
+        });
+        if history.len() > ZONE_HISTORY {
+            let extra = history.len() - ZONE_HISTORY;
+            history.drain(..extra);
+        }
+        self.put(
+            Table::Zones,
+            zone.as_str().as_bytes().to_vec(),
+            &ZoneState {
+                records,
+                serial,
+                history,
+            },
+        );
+        Ok(Outcome::applied(format!(
+            "zone {zone}: {change}; serial {serial}"
+        )))
     }
 
     fn put_node(&mut self, id: NodeId, info: &NodeInfo, t: u64) -> Result<()> {

@@ -317,6 +317,16 @@ impl Store {
         self.keyed_rows(Table::Nodes, b"", id, "node")
     }
 
+    pub fn zone(&self, zone: &DomainName) -> Result<Option<crate::ZoneState>> {
+        self.get(Table::Zones, zone.as_str().as_bytes())?
+            .map(|v| decode("zone", &v))
+            .transpose()
+    }
+
+    pub fn zones(&self) -> Result<Vec<(DomainName, crate::ZoneState)>> {
+        self.keyed_rows(Table::Zones, b"", domain_from_key, "zone")
+    }
+
     pub fn token(&self, hash: &str) -> Result<Option<crate::TokenRecord>> {
         self.get(Table::Tokens, hash.as_bytes())?
             .map(|v| decode("token", &v))

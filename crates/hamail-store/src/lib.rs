@@ -8,12 +8,13 @@ mod db;
 mod snapshot;
 mod tables;
 
-pub use apply::Applier;
+pub use apply::{Applier, ApplyContext};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use db::Store;
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use tables::{
     AliasRecord, DomainRecord, NodeRecord, RecipientRecord, Table, TokenRecord, TransportRecord,
+    ZONE_HISTORY, ZoneChange, ZoneState,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,9 @@
 //! Addresses are keyed `domain \0 local` so a domain's rows are one prefix
 //! (and a future split into raft groups by domain is a key range).
 
-use hamail_types::{DomainKind, DomainName, MailAddress, NodeId, NodeInfo, TransportSpec};
+use hamail_types::{
+    DomainKind, DomainName, MailAddress, NodeId, NodeInfo, TransportSpec, ZoneRecord,
+};
 use serde::{Deserialize, Serialize};
 
 /// A replicated table. The id is the table's tag in snapshot streams: never
@@ -111,6 +113,29 @@ pub struct NodeRecord {
     pub joined_ms: u64,
     pub removed: bool,
 }
+
+/// A zone: its records (sorted, SOA serial kept current), its serial, and
+/// the recent history of changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneState {
+    pub records: Vec<ZoneRecord>,
+    pub serial: u32,
+    pub history: Vec<ZoneChange>,
+}
+
+/// One committed change to a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneChange {
+    pub log_index: u64,
+    /// The proposer's clock, ms since the Unix epoch.
+    pub time_ms: u64,
+    pub proposer: NodeId,
+    pub serial: u32,
+    pub change: String,
+}
+
+/// Changes kept per zone in `zone history`.
+pub const ZONE_HISTORY: usize = 200;
 
 /// Key of the next node id counter in the nodes table (node keys are 8 bytes).
 pub(crate) const NEXT_NODE_ID_KEY: &[u8] = b"next_node_id";

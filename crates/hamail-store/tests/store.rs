@@ -1,8 +1,10 @@
 //! hamail-store: apply is deterministic, rejections change nothing, and a
 //! snapshot stream carries the state exactly.
 
-use hamail_store::{Applier, Store};
-use hamail_types::{Command, DomainKind, DomainName, MailAddress, Outcome, TransportSpec};
+use hamail_store::{Applier, ApplyContext, Store};
+use hamail_types::{
+    Command, DomainKind, DomainName, MailAddress, Outcome, TransportSpec, ZoneRecord,
+};
 use proptest::prelude::*;
 
 fn open() -> (tempfile::TempDir, Store) {
@@ -17,8 +19,12 @@ fn apply_all(store: &Store, cmds: &[Command], chunk: usize) -> Vec<Outcome> {
         let mut ap = Applier::new(store);
         for c in group {
             // Time travels with each command, as in a raft entry.
-            let time_ms = 1_000 + out.len() as u64;
-            out.push(ap.apply(c, time_ms).unwrap());
+            let ctx = ApplyContext {
+                time_ms: 1_000 + out.len() as u64,
+                proposer: 1,
+                log_index: out.len() as u64,
+            };
+            out.push(ap.apply(c, &ctx).unwrap());
         }
         ap.set_meta("last_applied", vec![i as u8]);
         ap.commit().unwrap();
@@ -65,8 +71,113 @@ fn arb_command() -> impl Strategy<Value = Command> {
             spec: TransportSpec::parse("smtp:[mx.example.net]:587").unwrap(),
             fallback: vec![],
         }),
-        domain.prop_map(|domain| Command::TransportDel { domain }),
+        domain
+            .clone()
+            .prop_map(|domain| Command::TransportDel { domain }),
+        domain.clone().prop_map(|zone| Command::ZoneCreate {
+            records: base_zone(&zone),
+            zone,
+        }),
+        (
+            domain.clone(),
+            prop::sample::select(vec!["www", "mail", "a.b"]),
+            1u8..4
+        )
+            .prop_map(|(zone, label, last)| Command::RecordAdd {
+                record: rec(&format!("{label}.{zone}"), "A", &format!("192.0.2.{last}")),
+                zone,
+            }),
+        (domain.clone(), prop::sample::select(vec!["www", "mail"])).prop_map(|(zone, label)| {
+            Command::RecordDelete {
+                name: format!("{label}.{zone}"),
+                zone,
+                rtype: None,
+                rdata: None,
+            }
+        }),
+        domain.prop_map(|zone| Command::ZoneDelete { zone }),
     ]
+}
+
+fn rec(name: &str, rtype: &str, rdata: &str) -> ZoneRecord {
+    ZoneRecord {
+        name: name.into(),
+        ttl: 300,
+        rtype: rtype.into(),
+        rdata: rdata.into(),
+    }
+}
+
+fn base_zone(zone: &DomainName) -> Vec<ZoneRecord> {
+    vec![
+        rec(
+            zone.as_str(),
+            "SOA",
+            &format!("ns1.{zone}. hostmaster.{zone}. 1 3600 900 604800 300"),
+        ),
+        rec(zone.as_str(), "NS", &format!("ns1.{zone}.")),
+    ]
+}
+
+#[test]
+fn zone_serial_grows_with_every_change_and_history_records_it() {
+    let (_d, s) = open();
+    let z = d("example.jp");
+    let mut cmds = vec![Command::ZoneCreate {
+        zone: z.clone(),
+        records: base_zone(&z),
+    }];
+    cmds.push(Command::RecordAdd {
+        zone: z.clone(),
+        record: rec("www.example.jp", "A", "192.0.2.1"),
+    });
+    cmds.push(Command::RecordAdd {
+        zone: z.clone(),
+        record: rec("www.example.jp", "A", "192.0.2.1"),
+    });
+    cmds.push(Command::RecordSet {
+        zone: z.clone(),
+        record: rec("www.example.jp", "A", "192.0.2.9"),
+    });
+    cmds.push(Command::RecordAdd {
+        zone: z.clone(),
+        record: rec("other.example.com", "A", "192.0.2.1"),
+    });
+    cmds.push(Command::RecordDelete {
+        zone: z.clone(),
+        name: "example.jp".into(),
+        rtype: Some("NS".into()),
+        rdata: None,
+    });
+    let mut replaced = base_zone(&z);
+    replaced[0] = rec(
+        "example.jp",
+        "SOA",
+        "ns1.example.jp. hostmaster.example.jp. 2026120201 3600 900 604800 300",
+    );
+    cmds.push(Command::ZoneReplace {
+        zone: z.clone(),
+        records: replaced,
+    });
+    let o = apply_all(&s, &cmds, 1);
+    let ok: Vec<bool> = o.iter().map(Outcome::is_applied).collect();
+    assert_eq!(ok, [true, true, false, true, false, false, true], "{o:?}");
+    let st = s.zone(&z).unwrap().unwrap();
+    assert_eq!(st.serial, 2026120201, "an imported higher serial is taken");
+    let serials: Vec<u32> = st.history.iter().map(|h| h.serial).collect();
+    assert_eq!(serials, [1, 2, 3, 2026120201]);
+    let soa = st.records.iter().find(|r| r.rtype == "SOA").unwrap();
+    assert!(soa.rdata.contains(" 2026120201 "), "{soa:?}");
+    // One more change: the serial moves on from the imported one.
+    apply_all(
+        &s,
+        &[Command::RecordAdd {
+            zone: z.clone(),
+            record: rec("mx.example.jp", "A", "192.0.2.2"),
+        }],
+        1,
+    );
+    assert_eq!(s.zone(&z).unwrap().unwrap().serial, 2026120202);
 }
 
 proptest! {

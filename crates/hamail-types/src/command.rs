@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::zone::{self, ZoneRecord};
 use crate::{DomainName, MailAddress, NodeId, TransportSpec, TypesError};
 
 /// How mail for a domain is handled, in Postfix's address-class words.
@@ -112,6 +113,35 @@ pub enum Command {
     NodeRemove {
         node_id: NodeId,
     },
+    /// A new zone with its records (SOA and apex NS included).
+    ZoneCreate {
+        zone: DomainName,
+        records: Vec<ZoneRecord>,
+    },
+    ZoneDelete {
+        zone: DomainName,
+    },
+    /// Replaces all records of a zone at once (`zone import`).
+    ZoneReplace {
+        zone: DomainName,
+        records: Vec<ZoneRecord>,
+    },
+    RecordAdd {
+        zone: DomainName,
+        record: ZoneRecord,
+    },
+    /// Deletes the records at `name`, of `rtype` if given, with `rdata` if given.
+    RecordDelete {
+        zone: DomainName,
+        name: String,
+        rtype: Option<String>,
+        rdata: Option<String>,
+    },
+    /// Replaces the rrset (name and type) with this record.
+    RecordSet {
+        zone: DomainName,
+        record: ZoneRecord,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -179,6 +209,23 @@ impl Command {
             {
                 bad("a token hash is 64 lower-case hex digits".into())
             }
+            Command::ZoneCreate { zone, records } | Command::ZoneReplace { zone, records } => {
+                zone::check_zone(zone, records)
+            }
+            Command::RecordAdd { zone, record } | Command::RecordSet { zone, record }
+                if !zone::in_zone(&record.name, zone) =>
+            {
+                bad(format!("{} is outside the zone {zone}", record.name))
+            }
+            Command::RecordAdd { record, .. } if record.rtype == "SOA" => {
+                bad("a zone has one SOA: use `record set` to change it".into())
+            }
+            Command::RecordDelete { zone, name, .. } if !zone::in_zone(name, zone) => {
+                bad(format!("{name} is outside the zone {zone}"))
+            }
+            Command::RecordDelete { rtype, .. } if rtype.as_deref() == Some("SOA") => {
+                bad("the SOA cannot be deleted (delete the zone instead)".into())
+            }
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -195,6 +242,12 @@ impl Command {
             | Command::DomainDel { domain }
             | Command::TransportSet { domain, .. }
             | Command::TransportDel { domain } => Some(domain),
+            Command::ZoneCreate { zone, .. }
+            | Command::ZoneDelete { zone }
+            | Command::ZoneReplace { zone, .. }
+            | Command::RecordAdd { zone, .. }
+            | Command::RecordDelete { zone, .. }
+            | Command::RecordSet { zone, .. } => Some(zone),
             Command::RecipientAdd { address, .. }
             | Command::RecipientDel { address }
             | Command::AliasAdd { address, .. }

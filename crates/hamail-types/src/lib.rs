@@ -7,12 +7,14 @@ pub mod command;
 mod domain;
 mod map;
 mod transport;
+pub mod zone;
 
 pub use address::MailAddress;
 pub use command::{Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use transport::{NextHop, TransportSpec};
+pub use zone::ZoneRecord;
 
 /// A raft node id. Ids are handed out by the cluster and never reused.
 pub type NodeId = u64;
