@@ -32,6 +32,7 @@ async fn member(
             rpc_addr: addr,
             dns_addr: String::new(),
             smtp_addr: String::new(),
+            dns_name: String::new(),
         },
         node: NodeOptions {
             heartbeat_interval_ms: 100,

@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             rpc_addr: listener.local_addr()?.to_string(),
             dns_addr: String::new(),
             smtp_addr: String::new(),
+            dns_name: String::new(),
         },
         node: NodeOptions::default(),
     };

@@ -59,7 +59,7 @@ pub struct Node {
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("hamail.toml");
     let text = format!(
-        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n{extra}",
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -91,10 +91,11 @@ impl Node {
              election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
              write_timeout_ms = 4000\n{extra}\n\
              [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\
-             [dns]\nlisten = [\"127.0.0.1{i}:1053\"]\n\n\
+             [dns]\nlisten = [\"127.0.0.1{i}:{dns_port}\"]\n\n\
              [smtp]\nlisten = [\"127.0.0.1{i}:2525\"]\n\n\
              [metrics]\nlisten = \"127.0.0.1{i}:0\"\n",
-            data = dir.join("data").display()
+            data = dir.join("data").display(),
+            dns_port = Self::dns_port(rpc_port),
         );
         std::fs::write(&path, text).unwrap();
         Node {
@@ -103,6 +104,11 @@ impl Node {
             child: None,
             log: dir.join("serve.log"),
         }
+    }
+
+    /// The DNS port of the members of a test cluster with this RPC port.
+    pub fn dns_port(rpc_port: u16) -> u16 {
+        rpc_port + 1000
     }
 
     /// The RPC address of a cluster member made by `cluster_member`.

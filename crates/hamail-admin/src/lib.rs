@@ -9,7 +9,7 @@ mod server;
 pub use client::AdminClient;
 pub use protocol::{
     AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, RecipientRow,
-    StatusInfo, TokenResult, TransportRow, WriteResult,
+    StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
 };
 pub use server::{AdminContext, SOCKET_NAME, serve};
 

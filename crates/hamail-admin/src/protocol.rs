@@ -57,6 +57,43 @@ pub enum AdminRequest {
         domain: DomainName,
     },
     TransportList,
+    /// A new zone: from a zone file's text, or an SOA and one NS per node.
+    ZoneAdd {
+        zone: DomainName,
+        #[serde(default)]
+        zone_file: Option<String>,
+    },
+    ZoneDel {
+        zone: DomainName,
+    },
+    ZoneList,
+    /// The zone as zone-file text (also what `zone export` writes).
+    ZoneShow {
+        zone: DomainName,
+    },
+    /// Replace every record of a zone with a zone file's, atomically.
+    ZoneImport {
+        zone: DomainName,
+        zone_file: String,
+    },
+    ZoneHistory {
+        zone: DomainName,
+    },
+    /// `NAME TTL IN TYPE RDATA`, names relative to the zone.
+    RecordAdd {
+        zone: DomainName,
+        record: String,
+    },
+    /// `NAME [TYPE [RDATA]]`.
+    RecordDel {
+        zone: DomainName,
+        selector: String,
+    },
+    /// Replaces the rrset of the record's name and type.
+    RecordSet {
+        zone: DomainName,
+        record: String,
+    },
     /// Create the cluster on this (waiting) node.
     ClusterInit,
     /// Issue a single-use join token valid for `ttl_secs`.
@@ -157,4 +194,18 @@ pub struct TransportRow {
     pub domain: String,
     pub spec: String,
     pub fallback: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZoneRow {
+    pub zone: String,
+    pub serial: u32,
+    pub records: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZoneText {
+    pub zone: String,
+    pub serial: u32,
+    pub text: String,
 }

@@ -154,6 +154,21 @@ async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
     }
 }
 
+trait OrMissing {
+    /// A `null` result of a read becomes an error naming what is missing.
+    fn or_missing(self, what: &str) -> AdminResponse;
+}
+
+impl OrMissing for AdminResponse {
+    fn or_missing(self, what: &str) -> AdminResponse {
+        if self.ok && self.result.is_null() {
+            AdminResponse::error(what)
+        } else {
+            self
+        }
+    }
+}
+
 /// Runs a read of the local applied state off the async threads.
 async fn read<T: serde::Serialize + Send + 'static>(
     ctx: &AdminContext,
@@ -203,6 +218,104 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
                 Ok(Ok(v)) => AdminResponse::ok(v),
                 Ok(Err(e)) => AdminResponse::error(e.to_string()),
                 Err(e) => AdminResponse::error(format!("status failed: {e}")),
+            }
+        }
+        AdminRequest::ZoneAdd { zone, zone_file } => {
+            let records = match zone_file {
+                Some(text) => match hamail_dns::parse_zone_file(&zone, &text) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return AdminResponse::error(format!("zone file: {e}; nothing changed"));
+                    }
+                },
+                None => {
+                    let Some(node) = ctx.cluster.node().await else {
+                        return AdminResponse::error(ClusterError::NotInCluster.to_string());
+                    };
+                    let servers: Vec<(String, Option<std::net::IpAddr>)> = node
+                        .status()
+                        .nodes
+                        .values()
+                        .map(|n| {
+                            let host = if n.dns_name.is_empty() {
+                                format!("{}.{zone}", n.name)
+                            } else {
+                                n.dns_name.clone()
+                            };
+                            let ip = n
+                                .dns_addr
+                                .parse::<std::net::SocketAddr>()
+                                .ok()
+                                .map(|a| a.ip());
+                            (host, ip)
+                        })
+                        .collect();
+                    hamail_dns::default_zone(&zone, &servers)
+                }
+            };
+            write(ctx, vec![Command::ZoneCreate { zone, records }]).await
+        }
+        AdminRequest::ZoneDel { zone } => write(ctx, vec![Command::ZoneDelete { zone }]).await,
+        AdminRequest::ZoneImport { zone, zone_file } => {
+            match hamail_dns::parse_zone_file(&zone, &zone_file) {
+                Ok(records) => write(ctx, vec![Command::ZoneReplace { zone, records }]).await,
+                Err(e) => AdminResponse::error(format!("zone file: {e}; nothing changed")),
+            }
+        }
+        AdminRequest::ZoneList => {
+            read(ctx, |s| {
+                Ok(s.zones()?
+                    .into_iter()
+                    .map(|(z, st)| ZoneRow {
+                        zone: z.to_string(),
+                        serial: st.serial,
+                        records: st.records.len(),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+        AdminRequest::ZoneShow { zone } => read(ctx, move |s| {
+            Ok(s.zone(&zone)?.map(|st| ZoneText {
+                zone: zone.to_string(),
+                serial: st.serial,
+                text: hamail_dns::zone_file_text(&zone, &st.records),
+            }))
+        })
+        .await
+        .or_missing("no such zone"),
+        AdminRequest::ZoneHistory { zone } => {
+            read(ctx, move |s| Ok(s.zone(&zone)?.map(|st| st.history)))
+                .await
+                .or_missing("no such zone")
+        }
+        AdminRequest::RecordAdd { zone, record } => {
+            match hamail_dns::parse_record_line(&zone, &record) {
+                Ok(record) => write(ctx, vec![Command::RecordAdd { zone, record }]).await,
+                Err(e) => AdminResponse::error(e.to_string()),
+            }
+        }
+        AdminRequest::RecordSet { zone, record } => {
+            match hamail_dns::parse_record_line(&zone, &record) {
+                Ok(record) => write(ctx, vec![Command::RecordSet { zone, record }]).await,
+                Err(e) => AdminResponse::error(e.to_string()),
+            }
+        }
+        AdminRequest::RecordDel { zone, selector } => {
+            match hamail_dns::parse_record_selector(&zone, &selector) {
+                Ok((name, rtype, rdata)) => {
+                    write(
+                        ctx,
+                        vec![Command::RecordDelete {
+                            zone,
+                            name,
+                            rtype,
+                            rdata,
+                        }],
+                    )
+                    .await
+                }
+                Err(e) => AdminResponse::error(e.to_string()),
             }
         }
         AdminRequest::ClusterInit => cluster_reply(

@@ -125,18 +125,33 @@ impl Default for RpcSection {
     }
 }
 
-/// `[dns]`: authoritative DNS listeners (UDP and TCP on each address).
+/// `[dns]`: the authoritative name server of this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsSection {
-    /// Addresses to answer DNS on; production uses port 53.
+    /// Addresses to answer DNS on (UDP and TCP); production uses port 53.
     pub listen: Vec<SocketAddr>,
+    /// This node's name server host name, used for its NS record when a
+    /// zone is created without a zone file. Empty: `<node name>.<zone>`,
+    /// with the first listen address as glue.
+    pub hostname: String,
+    /// Addresses allowed to transfer zones (AXFR, over TCP), e.g. the
+    /// secondaries. Everyone else is refused.
+    pub allow_axfr: Vec<std::net::IpAddr>,
+    /// Secondaries sent a NOTIFY (UDP) after every committed zone change.
+    pub notify: Vec<SocketAddr>,
+    /// Idle TCP connections are closed after this many seconds.
+    pub tcp_idle_timeout_secs: u64,
 }
 
 impl Default for DnsSection {
     fn default() -> Self {
         DnsSection {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1053))],
+            hostname: String::new(),
+            allow_axfr: Vec::new(),
+            notify: Vec::new(),
+            tcp_idle_timeout_secs: 10,
         }
     }
 }
@@ -288,6 +303,17 @@ impl Config {
         }
         if c.name.is_empty() {
             return Err(bad("cluster.name", "must not be empty".into()));
+        }
+        if !self.dns.hostname.is_empty()
+            && hamail_types::DomainName::parse(&self.dns.hostname).is_err()
+        {
+            return Err(bad(
+                "dns.hostname",
+                format!("{:?} is not a host name", self.dns.hostname),
+            ));
+        }
+        if self.dns.tcp_idle_timeout_secs == 0 {
+            return Err(bad("dns.tcp_idle_timeout_secs", "must be above 0".into()));
         }
         if !self.rpc.advertise.is_empty() && !self.rpc.advertise.contains(':') {
             return Err(bad(

@@ -5,7 +5,7 @@
 mod server;
 mod zonefile;
 
-pub use server::{DnsOptions, DnsServer};
+pub use server::{DnsOptions, DnsServer, DnsSockets};
 pub use zonefile::{
     default_zone, parse_record_line, parse_record_selector, parse_zone_file, zone_file_text,
 };

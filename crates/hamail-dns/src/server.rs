@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hamail_store::Store;
-use hickory_proto::op::{Header, HeaderCounts, Metadata, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RecordSet, RecordType};
 use hickory_proto::serialize::txt::Parser;
 use hickory_server::Server;
@@ -23,7 +23,9 @@ use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType};
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -43,13 +45,21 @@ pub struct DnsOptions {
 
 pub struct DnsServer;
 
+/// The bound DNS sockets, taken before anything else starts so that a busy
+/// address is reported before the node changes anything.
+pub struct DnsSockets(Vec<(UdpSocket, TcpListener)>);
+
 struct Handler {
     catalog: Arc<ArcSwap<Catalog>>,
     allow_axfr: Vec<IpAddr>,
 }
 
 fn header_of(request: &Request, code: ResponseCode) -> Header {
-    let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    let mut metadata = Metadata::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
     metadata.response_code = code;
     Header {
         metadata,
@@ -57,8 +67,13 @@ fn header_of(request: &Request, code: ResponseCode) -> Header {
     }
 }
 
-async fn refuse<R: ResponseHandler>(request: &Request, mut response: R, code: ResponseCode) -> ResponseInfo {
-    let msg = MessageResponseBuilder::new(&request.queries, None).error_msg(&request.metadata, code);
+async fn refuse<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    code: ResponseCode,
+) -> ResponseInfo {
+    let msg =
+        MessageResponseBuilder::new(&request.queries, None).error_msg(&request.metadata, code);
     match response.send_response(msg).await {
         Ok(info) => info,
         Err(e) => {
@@ -70,7 +85,11 @@ async fn refuse<R: ResponseHandler>(request: &Request, mut response: R, code: Re
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
         if request.metadata.op_code == OpCode::Query
             && let Ok(info) = request.request_info()
         {
@@ -79,7 +98,8 @@ impl RequestHandler for Handler {
                 return refuse(request, response, ResponseCode::Refused).await;
             }
             if matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR)
-                && (request.protocol() != Protocol::Tcp || !self.allow_axfr.contains(&request.src().ip()))
+                && (request.protocol() != Protocol::Tcp
+                    || !self.allow_axfr.contains(&request.src().ip()))
             {
                 tracing::info!(src = %request.src(), zone = %q.name(), "dns: zone transfer refused");
                 return refuse(request, response, ResponseCode::Refused).await;
@@ -117,7 +137,10 @@ fn build(store: &Store) -> (Catalog, BTreeMap<String, u32>) {
             });
         match built {
             Ok((origin, handler)) => {
-                catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler) as Arc<dyn ZoneHandler>]);
+                catalog.upsert(
+                    LowerName::new(&origin),
+                    vec![Arc::new(handler) as Arc<dyn ZoneHandler>],
+                );
                 serials.insert(zone.to_string(), state.serial);
             }
             Err(e) => tracing::error!(%zone, error = %e, "dns: zone not served"),
@@ -141,22 +164,18 @@ async fn notify(target: SocketAddr, zone: String) {
         .notify(name, DNSClass::IN, RecordType::SOA, None::<RecordSet>)
         .await
     {
-        Ok(r) => tracing::info!(%zone, %target, rcode = ?r.metadata.response_code, "dns: NOTIFY sent"),
+        Ok(r) => {
+            tracing::info!(%zone, %target, rcode = ?r.metadata.response_code, "dns: NOTIFY sent")
+        }
         Err(e) => tracing::warn!(%zone, %target, error = %e, "dns: NOTIFY failed"),
     }
 }
 
 impl DnsServer {
-    /// Binds every listener (UDP and TCP), then serves until `cancel`,
-    /// rebuilding the zones whenever `changes` moves.
-    pub async fn start(
-        opts: DnsOptions,
-        store: Store,
-        mut changes: watch::Receiver<u64>,
-        cancel: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, DnsError> {
+    /// Binds every listener, UDP and TCP.
+    pub async fn bind(listen: &[SocketAddr]) -> Result<DnsSockets, DnsError> {
         let mut sockets = Vec::new();
-        for addr in &opts.listen {
+        for addr in listen {
             let lerr = |e: std::io::Error| DnsError::Listen {
                 addr: addr.to_string(),
                 cause: e.to_string(),
@@ -165,6 +184,18 @@ impl DnsServer {
             let tcp = TcpListener::bind(addr).await.map_err(lerr)?;
             sockets.push((udp, tcp));
         }
+        Ok(DnsSockets(sockets))
+    }
+
+    /// Serves on `sockets` until `cancel`, rebuilding the zones whenever
+    /// `changes` moves.
+    pub fn start(
+        sockets: DnsSockets,
+        opts: DnsOptions,
+        store: Store,
+        mut changes: watch::Receiver<u64>,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let (catalog, mut serials) = build(&store);
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let handler = Handler {
@@ -172,12 +203,12 @@ impl DnsServer {
             allow_axfr: opts.allow_axfr.clone(),
         };
         let mut server = Server::new(handler);
-        for (udp, tcp) in sockets {
+        for (udp, tcp) in sockets.0 {
             server.register_socket(udp);
             server.register_listener(tcp, opts.tcp_idle_timeout, 64);
         }
         tracing::info!(listen = ?opts.listen, zones = serials.len(), "dns serving");
-        Ok(tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -205,6 +236,6 @@ impl DnsServer {
             if let Err(e) = server.shutdown_gracefully().await {
                 tracing::warn!(error = %e, "dns shutdown");
             }
-        }))
+        })
     }
 }

@@ -211,7 +211,10 @@ pub fn parse_zone_file(zone: &DomainName, text: &str) -> Result<Vec<ZoneRecord>,
     let mut last_owner: Option<String> = None;
     let mut records = Vec::new();
     for e in split_entries(text)? {
-        let err = |cause: String| DnsError::ZoneFile { line: e.line, cause };
+        let err = |cause: String| DnsError::ZoneFile {
+            line: e.line,
+            cause,
+        };
         let trimmed = e.text.trim();
         if let Some(rest) = trimmed.strip_prefix('$') {
             let mut words = rest.split_whitespace();
@@ -229,7 +232,9 @@ pub fn parse_zone_file(zone: &DomainName, text: &str) -> Result<Vec<ZoneRecord>,
                     ttl = parse_ttl(t).ok_or_else(|| err(format!("invalid $TTL {t:?}")))?
                 }
                 ("INCLUDE", _) | ("GENERATE", _) => {
-                    return Err(err(format!("${directive} is not supported; send the records themselves")));
+                    return Err(err(format!(
+                        "${directive} is not supported; send the records themselves"
+                    )));
                 }
                 (d, _) => return Err(err(format!("unknown or incomplete directive ${d}"))),
             }
@@ -283,7 +288,8 @@ pub fn parse_record_line(zone: &DomainName, line: &str) -> Result<ZoneRecord, Dn
     let [entry] = entries.as_slice() else {
         return Err(rerr("expected one record".into()));
     };
-    let mut parsed = parse_entry(entry.text.trim(), &fqdn(zone.as_str()), DEFAULT_TTL).map_err(rerr)?;
+    let mut parsed =
+        parse_entry(entry.text.trim(), &fqdn(zone.as_str()), DEFAULT_TTL).map_err(rerr)?;
     if parsed.len() != 1 {
         return Err(rerr("expected one record".into()));
     }
@@ -336,7 +342,14 @@ pub fn zone_file_text(zone: &DomainName, records: &[ZoneRecord]) -> String {
     let mut out = format!("$ORIGIN {zone}.\n");
     let mut sorted: Vec<&ZoneRecord> = records.iter().collect();
     // SOA first, then by name and type.
-    sorted.sort_by_key(|r| (r.rtype != "SOA", r.name.clone(), r.rtype.clone(), r.rdata.clone()));
+    sorted.sort_by_key(|r| {
+        (
+            r.rtype != "SOA",
+            r.name.clone(),
+            r.rtype.clone(),
+            r.rdata.clone(),
+        )
+    });
     for r in sorted {
         let _ = writeln!(out, "{}. {} IN {} {}", r.name, r.ttl, r.rtype, r.rdata);
     }
@@ -345,7 +358,10 @@ pub fn zone_file_text(zone: &DomainName, records: &[ZoneRecord]) -> String {
 
 /// A new zone's records: an SOA, and one NS per name server (with its
 /// address as glue when it lies inside the zone).
-pub fn default_zone(zone: &DomainName, nameservers: &[(String, Option<IpAddr>)]) -> Vec<ZoneRecord> {
+pub fn default_zone(
+    zone: &DomainName,
+    nameservers: &[(String, Option<IpAddr>)],
+) -> Vec<ZoneRecord> {
     let mut records = Vec::new();
     let primary = nameservers
         .first()
@@ -414,7 +430,10 @@ sel._domainkey IN TXT ( "v=DKIM1; k=rsa; "
         assert_eq!(r.iter().filter(|x| x.rtype == "NS").count(), 2);
         assert_eq!(find("mail.example.jp", "A").ttl, 300);
         assert_eq!(find("www.example.jp", "CNAME").rdata, "mail.example.jp.");
-        assert_eq!(find("txt.example.jp", "TXT").rdata, "\"v=spf1 mx -all\" \"second; string\"");
+        assert_eq!(
+            find("txt.example.jp", "TXT").rdata,
+            "\"v=spf1 mx -all\" \"second; string\""
+        );
         assert_eq!(
             find("sel._domainkey.example.jp", "TXT").rdata,
             "\"v=DKIM1; k=rsa; \" \"p=MIIBIjANBg\""
@@ -433,30 +452,61 @@ sel._domainkey IN TXT ( "v=DKIM1; k=rsa; "
         let bad = "$TTL 300\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nwww A 300.1.2.3\n";
         let e = parse_zone_file(&z(), bad).unwrap_err().to_string();
         assert!(e.starts_with("line 4:"), "{e}");
-        let e = parse_zone_file(&z(), "$INCLUDE /etc/passwd\n").unwrap_err().to_string();
+        let e = parse_zone_file(&z(), "$INCLUDE /etc/passwd\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1") && e.contains("INCLUDE"), "{e}");
-        let e = parse_zone_file(&z(), "$TTL 1\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nx.example.com. A 192.0.2.1\n").unwrap_err().to_string();
+        let e = parse_zone_file(
+            &z(),
+            "$TTL 1\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nx.example.com. A 192.0.2.1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 4") && e.contains("outside"), "{e}");
-        let e = parse_zone_file(&z(), "@ SOA ns1 h ( 1 2 3 4 5\n").unwrap_err().to_string();
+        let e = parse_zone_file(&z(), "@ SOA ns1 h ( 1 2 3 4 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1"), "{e}");
-        assert!(parse_zone_file(&z(), "$TTL 1\n@ NS ns1\n").is_err(), "no SOA");
+        assert!(
+            parse_zone_file(&z(), "$TTL 1\n@ NS ns1\n").is_err(),
+            "no SOA"
+        );
     }
 
     #[test]
     fn single_records_and_selectors() {
         let r = parse_record_line(&z(), "www 300 IN A 192.0.2.1").unwrap();
-        assert_eq!((r.name.as_str(), r.ttl, r.rtype.as_str(), r.rdata.as_str()), ("www.example.jp", 300, "A", "192.0.2.1"));
+        assert_eq!(
+            (r.name.as_str(), r.ttl, r.rtype.as_str(), r.rdata.as_str()),
+            ("www.example.jp", 300, "A", "192.0.2.1")
+        );
         let r = parse_record_line(&z(), "@ MX 10 mail").unwrap();
         assert_eq!(r.rdata, "10 mail.example.jp.");
-        for bad in ["www 300 IN A 1.2.3", "www 300 IN BOGUS x", "x.example.com. 300 IN A 192.0.2.1", "www", "$TTL 5"] {
+        for bad in [
+            "www 300 IN A 1.2.3",
+            "www 300 IN BOGUS x",
+            "x.example.com. 300 IN A 192.0.2.1",
+            "www",
+            "$TTL 5",
+        ] {
             assert!(parse_record_line(&z(), bad).is_err(), "{bad}");
         }
         assert_eq!(
             parse_record_selector(&z(), "www A 192.0.2.1").unwrap(),
-            ("www.example.jp".into(), Some("A".into()), Some("192.0.2.1".into()))
+            (
+                "www.example.jp".into(),
+                Some("A".into()),
+                Some("192.0.2.1".into())
+            )
         );
         assert_eq!(parse_record_selector(&z(), "@").unwrap().0, "example.jp");
-        let d = default_zone(&z(), &[("ns1.example.jp".into(), Some("192.0.2.1".parse().unwrap())), ("ns2.example.net".into(), None)]);
+        let d = default_zone(
+            &z(),
+            &[
+                ("ns1.example.jp".into(), Some("192.0.2.1".parse().unwrap())),
+                ("ns2.example.net".into(), None),
+            ],
+        );
         assert!(hamail_types::zone::check_zone(&z(), &d).is_ok());
         assert_eq!(d.len(), 4);
     }

@@ -153,6 +153,8 @@ pub struct NodeInfo {
     pub rpc_addr: String,
     pub dns_addr: String,
     pub smtp_addr: String,
+    /// The node's name server host name (`[dns] hostname`), may be empty.
+    pub dns_name: String,
 }
 
 impl fmt::Display for NodeInfo {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use hamail_admin::{
     AdminClient, AdminRequest, AliasRow, ClusterView, DomainRow, RecipientRow, SOCKET_NAME,
-    StatusInfo, TokenResult, TransportRow, WriteResult,
+    StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
 };
 use hamail_config::Config;
 use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec, parse_postfix_map};
@@ -97,6 +97,49 @@ pub enum TransportVerb {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ZoneVerb {
+    /// Add a zone: from a zone file, or an SOA and one NS per cluster node.
+    Add {
+        zone: DomainName,
+        /// A BIND/NSD zone file with the zone's records.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Delete a zone and all its records.
+    Del { zone: DomainName },
+    /// List zones with their serials.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a zone as a zone file.
+    Show { zone: DomainName },
+    /// Write a zone as a zone file (to FILE, or standard output).
+    Export {
+        zone: DomainName,
+        file: Option<PathBuf>,
+    },
+    /// Replace a zone's records with a zone file's, atomically.
+    Import { zone: DomainName, file: PathBuf },
+    /// The committed changes of a zone: log index, time, proposer, serial.
+    History {
+        zone: DomainName,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordVerb {
+    /// Add a record: 'NAME TTL IN TYPE RDATA' (names relative to the zone).
+    Add { zone: DomainName, record: String },
+    /// Delete records: 'NAME [TYPE [RDATA]]'.
+    Del { zone: DomainName, selector: String },
+    /// Replace the rrset of NAME and TYPE with this record.
+    Set { zone: DomainName, record: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterVerb {
     /// Create a cluster on this node: the cluster CA and a one-voter membership.
     Init,
@@ -125,12 +168,31 @@ pub enum ClusterVerb {
 }
 
 pub fn run(cfg: &Config, verb: Verb) -> anyhow::Result<()> {
+    let export_to = match &verb {
+        Verb::Zone(ZoneVerb::Export { file, .. }) => Some(file.clone()),
+        _ => None,
+    };
     // Read input files before connecting: a bad file never reaches the node.
     let (req, json) = request(verb)?;
     let socket = cfg.node.data_dir.join(SOCKET_NAME);
     let mut client = AdminClient::connect(&socket)?;
     let result = client.call(&req)?;
+    if let Some(target) = export_to {
+        let z: ZoneText = serde_json::from_value(result)?;
+        return match target {
+            Some(path) => std::fs::write(&path, z.text)
+                .with_context(|| format!("cannot write {}", path.display())),
+            None => {
+                print!("{}", z.text);
+                Ok(())
+            }
+        };
+    }
     print_result(&req, result, json)
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
@@ -188,6 +250,32 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
             (AdminRequest::TransportDel { domain }, false)
         }
         Verb::Transport(TransportVerb::List { json }) => (AdminRequest::TransportList, json),
+        Verb::Zone(ZoneVerb::Add { zone, file }) => {
+            let zone_file = file.as_deref().map(read_file).transpose()?;
+            (AdminRequest::ZoneAdd { zone, zone_file }, false)
+        }
+        Verb::Zone(ZoneVerb::Del { zone }) => (AdminRequest::ZoneDel { zone }, false),
+        Verb::Zone(ZoneVerb::List { json }) => (AdminRequest::ZoneList, json),
+        Verb::Zone(ZoneVerb::Show { zone }) | Verb::Zone(ZoneVerb::Export { zone, .. }) => {
+            (AdminRequest::ZoneShow { zone }, false)
+        }
+        Verb::Zone(ZoneVerb::Import { zone, file }) => (
+            AdminRequest::ZoneImport {
+                zone,
+                zone_file: read_file(&file)?,
+            },
+            false,
+        ),
+        Verb::Zone(ZoneVerb::History { zone, json }) => (AdminRequest::ZoneHistory { zone }, json),
+        Verb::Record(RecordVerb::Add { zone, record }) => {
+            (AdminRequest::RecordAdd { zone, record }, false)
+        }
+        Verb::Record(RecordVerb::Del { zone, selector }) => {
+            (AdminRequest::RecordDel { zone, selector }, false)
+        }
+        Verb::Record(RecordVerb::Set { zone, record }) => {
+            (AdminRequest::RecordSet { zone, record }, false)
+        }
         Verb::Cluster(ClusterVerb::Init) => (AdminRequest::ClusterInit, false),
         Verb::Cluster(ClusterVerb::Token { ttl }) => (
             AdminRequest::ClusterToken {
@@ -229,6 +317,33 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
             println!("{}", t.token);
         }
         AdminRequest::ClusterStatus => print_cluster(serde_json::from_value(result)?),
+        AdminRequest::ZoneList => {
+            let rows: Vec<ZoneRow> = serde_json::from_value(result)?;
+            let w = rows.iter().map(|r| r.zone.len()).max().unwrap_or(0);
+            for r in rows {
+                println!(
+                    "{:w$}  serial {:<10}  {} records",
+                    r.zone, r.serial, r.records
+                );
+            }
+        }
+        AdminRequest::ZoneShow { .. } => {
+            let z: ZoneText = serde_json::from_value(result)?;
+            print!("{}", z.text);
+        }
+        AdminRequest::ZoneHistory { .. } => {
+            let rows: Vec<serde_json::Value> = serde_json::from_value(result)?;
+            for r in rows {
+                println!(
+                    "index {:<8} time_ms {:<14} node {:<3} serial {:<10} {}",
+                    r["log_index"],
+                    r["time_ms"],
+                    r["proposer"],
+                    r["serial"],
+                    r["change"].as_str().unwrap_or("")
+                );
+            }
+        }
         AdminRequest::DomainList => {
             let rows: Vec<DomainRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);

@@ -49,6 +49,12 @@ enum Verb {
     /// Per-domain transports (Postfix transport_maps syntax).
     #[command(subcommand)]
     Transport(cli::TransportVerb),
+    /// Zones this cluster serves (authoritative DNS).
+    #[command(subcommand)]
+    Zone(cli::ZoneVerb),
+    /// Records of a zone.
+    #[command(subcommand)]
+    Record(cli::RecordVerb),
     /// Cluster membership: init, token, join, status, leave, remove.
     #[command(subcommand)]
     Cluster(cli::ClusterVerb),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hamail_admin::{AdminContext, SOCKET_NAME};
 use hamail_config::Config;
+use hamail_dns::{DnsOptions, DnsServer};
 use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
 use hamail_store::Store;
 use tokio::signal::unix::{SignalKind, signal};
@@ -93,6 +94,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (rpc.listen)", cfg.rpc.listen))?;
 
+    let dns_sockets = DnsServer::bind(&cfg.dns.listen).await?;
+
     let store = Store::open(&data_dir.join("db"))?;
     let settings = ClusterSettings {
         cluster_name: cfg.cluster.name.clone(),
@@ -116,6 +119,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .first()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            dns_name: cfg.dns.hostname.clone(),
         },
         node: NodeOptions {
             cluster_name: cfg.cluster.name.clone(),
@@ -157,6 +161,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         site: cfg.node.site.clone(),
         data_dir: data_dir.clone(),
     });
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(follow_applied(cluster.clone(), applied_tx, cancel.clone()));
+    let dns = DnsServer::start(
+        dns_sockets,
+        DnsOptions {
+            listen: cfg.dns.listen.clone(),
+            allow_axfr: cfg.dns.allow_axfr.clone(),
+            notify: cfg.dns.notify.clone(),
+            tcp_idle_timeout: Duration::from_secs(cfg.dns.tcp_idle_timeout_secs),
+        },
+        cluster.store().clone(),
+        applied_rx,
+        cancel.clone(),
+    );
     let socket = data_dir.join(SOCKET_NAME);
     let admin = hamail_admin::serve(socket.clone(), ctx, cancel.clone())?;
     let metrics = tokio::spawn(crate::metrics::serve(
@@ -184,8 +202,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = admin.await;
     let _ = metrics.await;
+    let _ = dns.await;
     cluster.shutdown().await;
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes the applied log index of this node (once it is in a cluster),
+/// so that DNS rebuilds its zones when the log moves.
+async fn follow_applied(
+    cluster: Arc<Cluster>,
+    tx: tokio::sync::watch::Sender<u64>,
+    cancel: CancellationToken,
+) {
+    let node = loop {
+        if let Some(n) = cluster.node().await {
+            break n;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    let mut metrics = node.raft.metrics();
+    loop {
+        let applied = metrics.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        tx.send_if_modified(|v| {
+            let changed = *v != applied;
+            *v = applied;
+            changed
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
 }
