@@ -1,0 +1,264 @@
+//! Authoritative DNS through the real binary, queried with kdig (Knot's
+//! DNS client): zone files in, answers out, and an edit on one node of a
+//! cluster answered with the new serial by all three.
+
+use std::path::Path;
+use std::process::Command;
+
+use hamail_tests::{Node, stderr, wait_for};
+
+/// kdig's full text answer for a query against `server:port`.
+fn kdig(server: &str, port: u16, args: &[&str]) -> String {
+    let out = Command::new("kdig")
+        .arg(format!("@{server}"))
+        .args(["-p", &port.to_string(), "+time=5", "+retry=1"])
+        .args(args)
+        .output()
+        .expect("kdig is installed (scripts/test installs knot-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(answer: &str) -> &str {
+    answer
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or("?")
+        .trim()
+}
+
+fn soa_serial(server: &str, port: u16, zone: &str) -> Option<u64> {
+    let a = kdig(server, port, &[zone, "SOA", "+short"]);
+    a.split_whitespace().nth(2)?.parse().ok()
+}
+
+const ZONE: &str = r#"$ORIGIN example.jp.
+$TTL 1h
+@   IN SOA ns1.example.jp. hostmaster.example.jp. (
+        2026120201 ; serial
+        3600 900 1209600 300 )
+    IN NS ns1
+    IN MX 10 mail
+ns1 IN A 192.0.2.53
+mail 300 IN A 192.0.2.25
+www IN CNAME mail
+txt IN TXT "v=spf1 mx -all"
+"#;
+
+fn single(dir: &Path, port: u16) -> Node {
+    let mut node = Node::with_config(dir);
+    let cfg = node.config.clone().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]",
+        &format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\nallow_axfr = [\"127.0.0.1\"]"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    node.start();
+    node
+}
+
+#[test]
+fn zones_from_files_are_served_authoritatively() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18901;
+    let node = single(dir.path(), port);
+    let file = dir.path().join("example.jp.zone");
+    std::fs::write(&file, ZONE).unwrap();
+    let out = node.ok(&[
+        "zone",
+        "add",
+        "example.jp",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.contains("serial 2026120201"), "{out}");
+
+    let a = wait_for("the zone to be served", || {
+        let a = kdig("127.0.0.1", port, &["mail.example.jp", "A"]);
+        a.contains("192.0.2.25").then_some(a)
+    });
+    let flags = a.lines().find(|l| l.contains("Flags:")).unwrap_or("");
+    assert!(flags.contains(" aa"), "authoritative answer: {a}");
+    assert!(!flags.contains(" ra"), "no recursion available: {a}");
+    let a = kdig("127.0.0.1", port, &["www.example.jp", "A"]);
+    assert!(
+        a.contains("CNAME") && a.contains("192.0.2.25"),
+        "CNAME followed: {a}"
+    );
+    let a = kdig("127.0.0.1", port, &["nope.example.jp", "A"]);
+    assert_eq!(status(&a), "NXDOMAIN", "{a}");
+    assert!(a.contains("SOA"), "SOA in authority: {a}");
+    let a = kdig("127.0.0.1", port, &["mail.example.jp", "AAAA"]);
+    assert_eq!(status(&a), "NOERROR", "NODATA: {a}");
+    assert!(a.contains("SOA"), "{a}");
+    assert_eq!(
+        status(&kdig("127.0.0.1", port, &["example.org", "A"])),
+        "REFUSED"
+    );
+    assert_eq!(
+        status(&kdig("127.0.0.1", port, &["version.bind", "CH", "TXT"])),
+        "REFUSED"
+    );
+    let a = kdig("127.0.0.1", port, &["example.jp", "MX"]);
+    assert!(
+        a.contains("ADDITIONAL") && a.contains("192.0.2.25"),
+        "MX target's A in additional: {a}"
+    );
+    let a = kdig("127.0.0.1", port, &["txt.example.jp", "TXT", "+short"]);
+    assert_eq!(a.trim(), "\"v=spf1 mx -all\"");
+
+    // Zone transfer: TCP from the allow list only.
+    let a = kdig("127.0.0.1", port, &["+tcp", "example.jp", "AXFR"]);
+    assert!(a.matches("SOA").count() >= 2, "AXFR from 127.0.0.1: {a}");
+    let a = kdig(
+        "127.0.0.1",
+        port,
+        &["-b", "127.0.0.2", "+tcp", "example.jp", "AXFR"],
+    );
+    assert!(
+        !a.contains("192.0.2.25"),
+        "AXFR from 127.0.0.2 refused: {a}"
+    );
+
+    // Edits bump the serial, which the CLI reports.
+    let out = node.ok(&["record", "add", "example.jp", "new 300 IN A 192.0.2.7"]);
+    assert!(out.contains("serial 2026120202"), "{out}");
+    wait_for("the edit to be served", || {
+        (soa_serial("127.0.0.1", port, "example.jp") == Some(2026120202)).then_some(())
+    });
+    node.ok(&["record", "set", "example.jp", "new 600 IN A 192.0.2.8"]);
+    node.ok(&["record", "del", "example.jp", "txt TXT"]);
+    let shown = node.ok(&["zone", "show", "example.jp"]);
+    assert!(
+        shown.contains("new.example.jp. 600 IN A 192.0.2.8") && !shown.contains("spf1"),
+        "{shown}"
+    );
+    let hist = node.json(&["zone", "history", "example.jp", "--json"]);
+    let serials: Vec<u64> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(serials, [2026120201, 2026120202, 2026120203, 2026120204]);
+
+    // Export, then import the export: same records, a new serial.
+    let exported = dir.path().join("export.zone");
+    node.ok(&["zone", "export", "example.jp", exported.to_str().unwrap()]);
+    let out = node.ok(&["zone", "import", "example.jp", exported.to_str().unwrap()]);
+    assert!(out.contains("serial 2026120205"), "{out}");
+    assert_eq!(
+        node.ok(&["zone", "show", "example.jp"])
+            .replace("2026120205", "X"),
+        shown.replace("2026120204", "X")
+    );
+}
+
+#[test]
+fn bad_zone_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18902;
+    let node = single(dir.path(), port);
+    node.ok(&["zone", "add", "example.jp"]);
+    let before = node.ok(&["zone", "show", "example.jp"]);
+    let bad = dir.path().join("bad.zone");
+    for (text, needle) in [
+        (
+            "$TTL 300\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nwww A 300.1.2.3\n",
+            "line 4",
+        ),
+        (
+            "$TTL 300\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nx.example.com. A 192.0.2.1\n",
+            "outside",
+        ),
+        ("$INCLUDE /etc/passwd\n", "INCLUDE"),
+        ("$TTL 300\n@ NS ns1\n", "no SOA"),
+        ("$TTL 300\n@ SOA ns1 h ( 1 2 3 4 5\n", "line 2"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = node.cli(&["zone", "import", "example.jp", bad.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr(&out).contains(needle), "{text}: {}", stderr(&out));
+    }
+    for (rec, needle) in [
+        ("www 300 IN A 1.2.3", "1.2.3"),
+        ("www 300 IN BOGUS x", "BOGUS"),
+        ("other.example.com. 300 IN A 192.0.2.1", "outside"),
+        ("@ 300 IN SOA a. b. 1 2 3 4 5", "SOA"),
+    ] {
+        let out = node.cli(&["record", "add", "example.jp", rec]);
+        assert!(!out.status.success(), "{rec}");
+        assert!(stderr(&out).contains(needle), "{rec}: {}", stderr(&out));
+    }
+    let out = node.cli(&["record", "add", "example.jp", "www 300 IN CNAME mail"]);
+    assert!(out.status.success());
+    let out = node.cli(&["record", "add", "example.jp", "www 300 IN A 192.0.2.1"]);
+    assert!(stderr(&out).contains("CNAME"), "{}", stderr(&out));
+    let out = node.cli(&["zone", "add", "bad_zone.jp"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = node.cli(&["zone", "show", "nothere.jp"]);
+    assert!(stderr(&out).contains("no such zone"), "{}", stderr(&out));
+    node.ok(&["record", "del", "example.jp", "www"]);
+    assert_eq!(
+        node.ok(&["zone", "show", "example.jp"])
+            .lines()
+            .skip(2)
+            .collect::<Vec<_>>(),
+        before.lines().skip(2).collect::<Vec<_>>(),
+        "only the serial moved"
+    );
+}
+
+#[test]
+fn an_edit_on_any_node_is_answered_by_all_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = 17470;
+    let dns = Node::dns_port(rpc);
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::cluster_member(dir.path(), i, rpc, ""))
+        .collect();
+    nodes[0].start_waiting();
+    nodes[0].ok(&["cluster", "init"]);
+    nodes[0].wait_ready();
+    for i in 1..3 {
+        let token = nodes[0].ok(&["cluster", "token"]).trim().to_string();
+        nodes[i].start_waiting();
+        nodes[i].ok(&[
+            "cluster",
+            "join",
+            &Node::rpc_addr(1, rpc),
+            "--token",
+            &token,
+        ]);
+    }
+    // One NS per node, named after the node.
+    nodes[1].ok(&["zone", "add", "example.jp"]);
+    let ns = kdig("127.0.0.11", dns, &["example.jp", "NS", "+short"]);
+    for i in 1..=3 {
+        assert!(ns.contains(&format!("n{i}.example.jp.")), "{ns}");
+    }
+    let out = nodes[2].ok(&["record", "add", "example.jp", "www 300 IN A 192.0.2.80"]);
+    let serial: u64 = out
+        .rsplit("serial ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for i in 1..=3u8 {
+        wait_for("every node to answer the new serial", || {
+            (soa_serial(&format!("127.0.0.1{i}"), dns, "example.jp") == Some(serial)).then_some(())
+        });
+        let a = kdig(
+            &format!("127.0.0.1{i}"),
+            dns,
+            &["www.example.jp", "A", "+short"],
+        );
+        assert_eq!(a.trim(), "192.0.2.80");
+    }
+    // A node cut off from the others still answers from its own state.
+    nodes[0].kill9();
+    nodes[1].kill9();
+    let a = kdig("127.0.0.13", dns, &["www.example.jp", "A", "+short"]);
+    assert_eq!(a.trim(), "192.0.2.80");
+}
