@@ -194,6 +194,8 @@ fn bad_zone_input_is_refused_and_changes_nothing() {
     assert!(out.status.success());
     let out = node.cli(&["record", "add", "example.jp", "www 300 IN A 192.0.2.1"]);
     assert!(stderr(&out).contains("CNAME"), "{}", stderr(&out));
+    let out = node.cli(&["zone", "add", "sub.example.jp"]);
+    assert!(stderr(&out).contains("delegation"), "{}", stderr(&out));
     let out = node.cli(&["zone", "add", "bad_zone.jp"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = node.cli(&["zone", "show", "nothere.jp"]);
@@ -261,4 +263,147 @@ fn an_edit_on_any_node_is_answered_by_all_three() {
     nodes[1].kill9();
     let a = kdig("127.0.0.13", dns, &["www.example.jp", "A", "+short"]);
     assert_eq!(a.trim(), "192.0.2.80");
+}
+
+/// A DNS header: id, flags, then the four section counts.
+fn header(qd: u16, an: u16, ns: u16, ar: u16) -> Vec<u8> {
+    let mut h = vec![0x12, 0x34, 0x01, 0x00];
+    for c in [qd, an, ns, ar] {
+        h.extend_from_slice(&c.to_be_bytes());
+    }
+    h
+}
+
+fn question(name_wire: &[u8]) -> Vec<u8> {
+    let mut q = name_wire.to_vec();
+    q.extend_from_slice(&[0, 1, 0, 1]); // A, IN
+    q
+}
+
+fn wire_name(labels: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in labels {
+        out.push(l.len() as u8);
+        out.extend_from_slice(l);
+    }
+    out.push(0);
+    out
+}
+
+#[test]
+fn hostile_packets_leave_the_server_answering() {
+    use std::io::Write;
+    use std::net::{TcpStream, UdpSocket};
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18903;
+    let node = single(dir.path(), port);
+    let file = dir.path().join("example.jp.zone");
+    std::fs::write(&file, ZONE).unwrap();
+    node.ok(&[
+        "zone",
+        "add",
+        "example.jp",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let answers =
+        || kdig("127.0.0.1", port, &["mail.example.jp", "A", "+short"]).trim() == "192.0.2.25";
+    wait_for("the zone to be served", || answers().then_some(()));
+
+    let long_label = vec![b'a'; 64];
+    let l63 = vec![b'b'; 63];
+    let mut packets: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated header", vec![0x12, 0x34, 0x01]),
+        ("empty packet", vec![]),
+        (
+            "compression loop",
+            [header(1, 0, 0, 0), vec![0xC0, 12, 0, 1, 0, 1]].concat(),
+        ),
+        (
+            "forward pointer",
+            [header(1, 0, 0, 0), vec![0xC0, 40, 0, 1, 0, 1]].concat(),
+        ),
+        (
+            "label over 63",
+            [
+                header(1, 0, 0, 0),
+                question(&wire_name(&[&long_label, b"jp"])),
+            ]
+            .concat(),
+        ),
+        (
+            "name over 255",
+            [
+                header(1, 0, 0, 0),
+                question(&wire_name(&[&l63, &l63, &l63, &l63, b"jp"])),
+            ]
+            .concat(),
+        ),
+        (
+            "section counts beyond the packet",
+            [
+                header(1, 5, 5, 5),
+                question(&wire_name(&[b"mail", b"example", b"jp"])),
+            ]
+            .concat(),
+        ),
+        ("question count without a question", header(20, 0, 0, 0)),
+    ];
+    // An OPT record whose option claims more bytes than there are.
+    let mut opt = [
+        header(1, 0, 0, 1),
+        question(&wire_name(&[b"mail", b"example", b"jp"])),
+    ]
+    .concat();
+    opt.extend_from_slice(&[
+        0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 8, 0, 10, 0x01, 0x00, 1, 2, 3, 4,
+    ]);
+    packets.push(("EDNS option with a bad length", opt));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (what, p) in &packets {
+        udp.send_to(p, ("127.0.0.1", port)).unwrap();
+        assert!(answers(), "no answer after: {what}");
+    }
+    // The same over TCP, each on its own connection.
+    for (what, p) in &packets {
+        let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = t.write_all(&(p.len() as u16).to_be_bytes());
+        let _ = t.write_all(p);
+        assert!(answers(), "no answer after TCP: {what}");
+    }
+    // A length prefix of 65535 with nothing behind it, and a client that
+    // sends one byte and then nothing: held open while others are served.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled.write_all(&[0xFF, 0xFF]).unwrap();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(&[0x00]).unwrap();
+    assert!(answers(), "no answer with stalled TCP clients");
+    // Hundreds of idle TCP connections.
+    let idle: Vec<TcpStream> = (0..500)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(
+        idle.len() > 400,
+        "connections refused early: {}",
+        idle.len()
+    );
+    assert!(
+        answers(),
+        "no UDP answer with {} idle TCP connections",
+        idle.len()
+    );
+    let a = kdig(
+        "127.0.0.1",
+        port,
+        &["+tcp", "mail.example.jp", "A", "+short"],
+    );
+    assert_eq!(
+        a.trim(),
+        "192.0.2.25",
+        "TCP answer with idle connections open"
+    );
+    drop(idle);
+    drop(stalled);
+    drop(slow);
+    assert!(answers());
 }

@@ -230,6 +230,9 @@ impl<'a> Applier<'a> {
                 if self.get(Table::Zones, zone.as_str().as_bytes())?.is_some() {
                     return Ok(Outcome::rejected(format!("zone {zone} exists already")));
                 }
+                if let Some(reason) = self.undelegated_child(zone)? {
+                    return Ok(Outcome::rejected(reason));
+                }
                 self.zone_write(zone, None, records.clone(), ctx, "zone created".into())
             }
             Command::ZoneDelete { zone } => {
@@ -309,6 +312,30 @@ impl<'a> Applier<'a> {
                 "this node cannot apply {other:?}: upgrade it"
             ))),
         }
+    }
+
+    /// A zone below one we serve needs a delegation (NS at its name) in
+    /// the parent, as a secondary name server would see it.
+    fn undelegated_child(&self, zone: &DomainName) -> Result<Option<String>> {
+        let mut parent = zone.as_str();
+        while let Some((_, rest)) = parent.split_once('.') {
+            parent = rest;
+            let Ok(p) = DomainName::parse(parent) else {
+                continue;
+            };
+            if let Some(state) = self.zone_state(&p)? {
+                let delegated = state
+                    .records
+                    .iter()
+                    .any(|r| r.name == zone.as_str() && r.rtype == "NS");
+                return Ok((!delegated).then(|| {
+                    format!(
+                        "zone {zone} is inside zone {p}, which has no delegation (NS records for {zone}); add them to {p} first"
+                    )
+                }));
+            }
+        }
+        Ok(None)
     }
 
     fn zone_state(&self, zone: &DomainName) -> Result<Option<ZoneState>> {
