@@ -407,3 +407,79 @@ fn hostile_packets_leave_the_server_answering() {
     drop(slow);
     assert!(answers());
 }
+
+/// NSD, run in the foreground as a child; killed when dropped.
+struct Nsd(std::process::Child);
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nsd_follows_a_hamail_zone_as_secondary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, nsd_port) = (18904, 18954);
+    let mut node = Node::with_config(dir.path());
+    let cfg = node.config.clone().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]",
+        &format!(
+            "[dns]\nlisten = [\"127.0.0.1:{port}\"]\nallow_axfr = [\"127.0.0.1\"]\nnotify = [\"127.0.0.1:{nsd_port}\"]"
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    node.start();
+    let file = dir.path().join("example.jp.zone");
+    std::fs::write(&file, ZONE).unwrap();
+    node.ok(&[
+        "zone",
+        "add",
+        "example.jp",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+
+    let nsd_dir = dir.path().join("nsd");
+    std::fs::create_dir_all(nsd_dir.join("xfr")).unwrap();
+    let d = nsd_dir.display();
+    let conf = nsd_dir.join("nsd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  port: {nsd_port}\n  ip-address: 127.0.0.1\n  username: \"\"\n  chroot: \"\"\n  \
+             zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             xfrdir: \"{d}/xfr\"\n  zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  \
+             verbosity: 2\nremote-control:\n  control-enable: no\n\
+             zone:\n  name: example.jp\n  zonefile: \"{d}/example.jp.zone\"\n  \
+             request-xfr: AXFR 127.0.0.1@{port} NOKEY\n  allow-notify: 127.0.0.1 NOKEY\n"
+        ),
+    )
+    .unwrap();
+    let _nsd = Nsd(Command::new("nsd")
+        .args(["-d", "-c", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nsd is installed (scripts/test installs it)"));
+    // NSD transfers the zone from hamail...
+    wait_for("NSD to serve the zone", || {
+        (soa_serial("127.0.0.1", nsd_port, "example.jp") == Some(2026120201)).then_some(())
+    });
+    assert_eq!(
+        kdig("127.0.0.1", nsd_port, &["mail.example.jp", "A", "+short"]).trim(),
+        "192.0.2.25"
+    );
+    // ... and follows every edit: NOTIFY, then AXFR of the new serial.
+    let out = node.ok(&["record", "add", "example.jp", "new 300 IN A 192.0.2.7"]);
+    assert!(out.contains("serial 2026120202"), "{out}");
+    wait_for("NSD to follow the edit", || {
+        (soa_serial("127.0.0.1", nsd_port, "example.jp") == Some(2026120202)).then_some(())
+    });
+    assert_eq!(
+        kdig("127.0.0.1", nsd_port, &["new.example.jp", "A", "+short"]).trim(),
+        "192.0.2.7"
+    );
+}
