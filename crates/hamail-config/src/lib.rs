@@ -142,6 +142,11 @@ pub struct DnsSection {
     pub notify: Vec<SocketAddr>,
     /// Idle TCP connections are closed after this many seconds.
     pub tcp_idle_timeout_secs: u64,
+    /// Largest UDP answer, whatever buffer a client's EDNS offers (the DNS
+    /// flag day's 1232 avoids fragmentation); larger answers get TC=1.
+    pub max_udp_payload: u16,
+    /// UDP sockets (SO_REUSEPORT) and workers per listen address.
+    pub udp_workers: usize,
 }
 
 impl Default for DnsSection {
@@ -152,6 +157,8 @@ impl Default for DnsSection {
             allow_axfr: Vec::new(),
             notify: Vec::new(),
             tcp_idle_timeout_secs: 10,
+            max_udp_payload: 1232,
+            udp_workers: 2,
         }
     }
 }
@@ -310,6 +317,18 @@ impl Config {
             return Err(bad(
                 "dns.hostname",
                 format!("{:?} is not a host name", self.dns.hostname),
+            ));
+        }
+        if !(512..=4096).contains(&self.dns.max_udp_payload) {
+            return Err(bad(
+                "dns.max_udp_payload",
+                format!("{} must be from 512 to 4096", self.dns.max_udp_payload),
+            ));
+        }
+        if !(1..=64).contains(&self.dns.udp_workers) {
+            return Err(bad(
+                "dns.udp_workers",
+                format!("{} must be from 1 to 64", self.dns.udp_workers),
             ));
         }
         if self.dns.tcp_idle_timeout_secs == 0 {

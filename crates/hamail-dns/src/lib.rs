@@ -3,6 +3,7 @@
 //! answers from a lock-free snapshot of the applied zones.
 
 mod server;
+mod udp;
 mod zonefile;
 
 pub use server::{DnsOptions, DnsServer, DnsSockets};

@@ -27,6 +27,7 @@ use hickory_server::zone_handler::{
     AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
 };
 use tokio::net::{TcpListener, UdpSocket};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +42,19 @@ pub struct DnsOptions {
     /// Secondaries told of every new serial (NOTIFY).
     pub notify: Vec<SocketAddr>,
     pub tcp_idle_timeout: Duration,
+    /// Largest UDP answer whatever the client's EDNS buffer (1232 by default).
+    pub max_udp_payload: u16,
+    /// UDP sockets (and workers) per listen address.
+    pub udp_workers: usize,
 }
 
 pub struct DnsServer;
 
 /// The bound DNS sockets, taken before anything else starts so that a busy
 /// address is reported before the node changes anything.
-pub struct DnsSockets(Vec<(UdpSocket, TcpListener)>);
+pub struct DnsSockets(Vec<(SocketAddr, Vec<UdpSocket>, TcpListener)>);
 
-struct Handler {
+pub(crate) struct Handler {
     catalog: Arc<ArcSwap<Catalog>>,
     allow_axfr: Vec<IpAddr>,
 }
@@ -172,17 +177,26 @@ async fn notify(target: SocketAddr, zone: String) {
 }
 
 impl DnsServer {
-    /// Binds every listener, UDP and TCP.
-    pub async fn bind(listen: &[SocketAddr]) -> Result<DnsSockets, DnsError> {
+    /// Binds every listener: `workers` UDP sockets sharing each address,
+    /// and TCP.
+    pub async fn bind(listen: &[SocketAddr], workers: usize) -> Result<DnsSockets, DnsError> {
         let mut sockets = Vec::new();
         for addr in listen {
             let lerr = |e: std::io::Error| DnsError::Listen {
                 addr: addr.to_string(),
                 cause: e.to_string(),
             };
-            let udp = UdpSocket::bind(addr).await.map_err(lerr)?;
+            // TCP first: with port 0 it picks the port the UDP sockets share.
             let tcp = TcpListener::bind(addr).await.map_err(lerr)?;
-            sockets.push((udp, tcp));
+            let bound = tcp.local_addr().map_err(lerr)?;
+            // A plain probe bind first, so an address in use by another
+            // program (without SO_REUSEPORT) is reported, not shared.
+            drop(std::net::UdpSocket::bind(bound).map_err(lerr)?);
+            let mut udp = Vec::new();
+            for _ in 0..workers.max(1) {
+                udp.push(crate::udp::reuseport_socket(bound).map_err(lerr)?);
+            }
+            sockets.push((bound, udp, tcp));
         }
         Ok(DnsSockets(sockets))
     }
@@ -198,13 +212,25 @@ impl DnsServer {
     ) -> tokio::task::JoinHandle<()> {
         let (catalog, mut serials) = build(&store);
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
-        let handler = Handler {
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let udp_handler = Arc::new(Handler {
             catalog: catalog.clone(),
             allow_axfr: opts.allow_axfr.clone(),
-        };
-        let mut server = Server::new(handler);
-        for (udp, tcp) in sockets.0 {
-            server.register_socket(udp);
+        });
+        let mut server = Server::new(Handler {
+            catalog: catalog.clone(),
+            allow_axfr: opts.allow_axfr.clone(),
+        });
+        for (_, udp, tcp) in sockets.0 {
+            for socket in udp {
+                tokio::spawn(crate::udp::worker(
+                    socket,
+                    udp_handler.clone(),
+                    generation.clone(),
+                    opts.max_udp_payload,
+                    cancel.clone(),
+                ));
+            }
             server.register_listener(tcp, opts.tcp_idle_timeout, 64);
         }
         tracing::info!(listen = ?opts.listen, zones = serials.len(), "dns serving");
@@ -222,6 +248,8 @@ impl DnsServer {
                             continue;
                         };
                         catalog.store(Arc::new(next));
+                        // Workers drop their cached answers.
+                        generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         for (zone, serial) in &next_serials {
                             if serials.get(zone) != Some(serial) {
                                 for target in &opts.notify {

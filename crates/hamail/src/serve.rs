@@ -94,7 +94,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (rpc.listen)", cfg.rpc.listen))?;
 
-    let dns_sockets = DnsServer::bind(&cfg.dns.listen).await?;
+    let dns_sockets = DnsServer::bind(&cfg.dns.listen, cfg.dns.udp_workers).await?;
 
     let store = Store::open(&data_dir.join("db"))?;
     let settings = ClusterSettings {
@@ -170,6 +170,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             allow_axfr: cfg.dns.allow_axfr.clone(),
             notify: cfg.dns.notify.clone(),
             tcp_idle_timeout: Duration::from_secs(cfg.dns.tcp_idle_timeout_secs),
+            max_udp_payload: cfg.dns.max_udp_payload,
+            udp_workers: cfg.dns.udp_workers,
         },
         cluster.store().clone(),
         applied_rx,
