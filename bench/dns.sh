@@ -37,6 +37,7 @@ server:
   ip-address: 127.0.0.1
   username: ""
   chroot: ""
+  database: ""
   zonesdir: "$work/nsd"
   pidfile: "$work/nsd/nsd.pid"
   xfrdfile: "$work/nsd/xfrd.state"

@@ -78,7 +78,9 @@ pub enum ProposeError {
         "the write was not committed within {0} ms: no quorum? (a majority of the cluster must be reachable; the write may still be applied if the cluster recovers)"
     )]
     NoQuorum(u64),
-    #[error("forwarding to the leader failed: {0}")]
+    #[error(
+        "forwarding to the leader failed: {0} (if a majority of the cluster is unreachable there is no quorum; otherwise retry once a new leader is elected)"
+    )]
     Forward(String),
     #[error("raft stopped: {0}")]
     Stopped(String),
