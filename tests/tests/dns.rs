@@ -294,7 +294,10 @@ fn an_edit_on_any_node_is_answered_by_all_three() {
     }
     // One NS per node, named after the node.
     nodes[1].ok(&["zone", "add", "example.jp"]);
-    let ns = kdig("127.0.0.11", dns, &["example.jp", "NS", "+short"]);
+    let ns = wait_for("node 1 to serve the new zone", || {
+        let ns = kdig("127.0.0.11", dns, &["example.jp", "NS", "+short"]);
+        (ns.lines().count() == 3).then_some(ns)
+    });
     for i in 1..=3 {
         assert!(ns.contains(&format!("n{i}.example.jp.")), "{ns}");
     }
