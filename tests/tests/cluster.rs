@@ -141,7 +141,11 @@ fn three_sites_replicate_and_survive_the_loss_of_the_leader() {
     });
     assert_ne!(new_leader, leader);
     nodes[others[1]].ok(&["domain", "add", "after-failover.jp"]);
-    assert!(domains(&nodes[others[0]]).contains(&"after-failover.jp".to_string()));
+    wait_for("the write after failover on the other survivor", || {
+        domains(&nodes[others[0]])
+            .contains(&"after-failover.jp".to_string())
+            .then_some(())
+    });
     assert!(
         domains(&nodes[others[0]]).contains(&"example.jp".to_string()),
         "no committed write lost"
