@@ -12,8 +12,15 @@ command -v dnsperf >/dev/null 2>&1 || apt_install dnsperf
 command -v nsd >/dev/null 2>&1 || apt_install nsd
 (cd "$here" && cargo build --quiet --workspace --all-targets)
 bin="$CARGO_TARGET_DIR/debug/hamail"
+# Stock hickory-dns, built once into /var/tmp (its own target directory).
+hickory="${HICKORY_DNS:-/var/tmp/hickory-dns-bin/bin/hickory-dns}"
+if [ ! -x "$hickory" ]; then
+    echo "bench/dns: building stock hickory-dns (once)" >&2
+    CARGO_TARGET_DIR=/var/tmp/hickory-dns-build cargo install --quiet hickory-dns --root /var/tmp/hickory-dns-bin
+fi
 
 work="$(mktemp -d /var/tmp/hamail-bench-dns.XXXXXX)"
+chmod 755 "$work"   # hickory-dns drops to nobody before it reads the zone
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -54,6 +61,23 @@ EOT
 nsd -d -c "$work/nsd/nsd.conf" >/dev/null 2>&1 &
 pids+=($!)
 
+# Stock hickory-dns serving the same file.
+cat > "$work/hickory.toml" <<EOT
+listen_addrs_ipv4 = ["127.0.0.1"]
+listen_port = 18555
+directory = "$work"
+user = "nobody"
+group = "nogroup"
+[[zones]]
+zone = "bench.example"
+zone_type = "Primary"
+[zones.stores]
+type = "file"
+zone_path = "bench.example.zone"
+EOT
+"$hickory" -q -c "$work/hickory.toml" >/dev/null 2>&1 &
+pids+=($!)
+
 cat > "$work/hamail.toml" <<EOT
 [node]
 data_dir = "$work/hamail"
@@ -74,9 +98,10 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 "$bin" --config "$work/hamail.toml" zone add bench.example --file "$zone" >/dev/null
-for _ in $(seq 1 600); do
+for _ in $(seq 1 150); do
     [ "$(kdig @127.0.0.1 -p 18554 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
-    [ "$(kdig @127.0.0.1 -p 18553 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && break
+    [ "$(kdig @127.0.0.1 -p 18553 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
+    [ "$(kdig @127.0.0.1 -p 18555 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && break
     sleep 0.1
 done
 
@@ -87,5 +112,7 @@ run() { # name port -> prints a line, leaves the qps in $work/<name>.qps
 }
 echo "bench/dns: $names names, dnsperf ${secs}s each, UDP, one after another"
 run nsd 18553
+run hickory 18555
 run hamail 18554
-awk -v h="$(cat "$work/hamail.qps")" -v n="$(cat "$work/nsd.qps")" 'BEGIN { printf "ratio hamail/nsd %.2f\n", (n > 0 ? h/n : 0) }'
+awk -v h="$(cat "$work/hamail.qps")" -v n="$(cat "$work/nsd.qps")" -v k="$(cat "$work/hickory.qps")" \
+    'BEGIN { printf "ratio hamail/nsd %.2f   hamail/hickory %.2f   hickory/nsd %.2f\n", (n > 0 ? h/n : 0), (k > 0 ? h/k : 0), (n > 0 ? k/n : 0) }'
