@@ -46,23 +46,27 @@ txt IN TXT "v=spf1 mx -all"
 "#;
 
 fn single(dir: &Path, port: u16) -> Node {
+    single_with(dir, port, "")
+}
+
+/// A one-node cluster serving DNS on `port`, AXFR allowed from 127.0.0.1,
+/// with `extra` lines in `[dns]`.
+fn single_with(dir: &Path, port: u16, extra: &str) -> Node {
     let mut node = Node::with_config(dir);
     let cfg = node.config.clone().unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "[dns]\nlisten = [\"127.0.0.1:0\"]",
-        &format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\nallow_axfr = [\"127.0.0.1\"]"),
+        &format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\nallow_axfr = [\"127.0.0.1\"]\n{extra}"),
     );
     std::fs::write(&cfg, text).unwrap();
     node.start();
     node
 }
 
-#[test]
-fn zones_from_files_are_served_authoritatively() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = 18901;
-    let node = single(dir.path(), port);
-    let file = dir.path().join("example.jp.zone");
+/// `single`, with example.jp loaded from ZONE.
+fn single_with_zone(dir: &Path, port: u16, extra: &str) -> Node {
+    let node = single_with(dir, port, extra);
+    let file = dir.join("example.jp.zone");
     std::fs::write(&file, ZONE).unwrap();
     let out = node.ok(&[
         "zone",
@@ -72,6 +76,14 @@ fn zones_from_files_are_served_authoritatively() {
         file.to_str().unwrap(),
     ]);
     assert!(out.contains("serial 2026120201"), "{out}");
+    node
+}
+
+#[test]
+fn zones_from_files_are_served_authoritatively() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18901;
+    let node = single_with_zone(dir.path(), port, "");
 
     let a = wait_for("the zone to be served", || {
         let a = kdig("127.0.0.1", port, &["mail.example.jp", "A"]);
@@ -363,16 +375,7 @@ fn hostile_packets_leave_the_server_answering() {
     use std::net::{TcpStream, UdpSocket};
     let dir = tempfile::tempdir().unwrap();
     let port = 18903;
-    let node = single(dir.path(), port);
-    let file = dir.path().join("example.jp.zone");
-    std::fs::write(&file, ZONE).unwrap();
-    node.ok(&[
-        "zone",
-        "add",
-        "example.jp",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let _node = single_with_zone(dir.path(), port, "");
     let answers =
         || kdig("127.0.0.1", port, &["mail.example.jp", "A", "+short"]).trim() == "192.0.2.25";
     wait_for("the zone to be served", || answers().then_some(()));
@@ -489,25 +492,11 @@ impl Drop for Nsd {
 fn nsd_follows_a_hamail_zone_as_secondary() {
     let dir = tempfile::tempdir().unwrap();
     let (port, nsd_port) = (18904, 18954);
-    let mut node = Node::with_config(dir.path());
-    let cfg = node.config.clone().unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[dns]\nlisten = [\"127.0.0.1:0\"]",
-        &format!(
-            "[dns]\nlisten = [\"127.0.0.1:{port}\"]\nallow_axfr = [\"127.0.0.1\"]\nnotify = [\"127.0.0.1:{nsd_port}\"]"
-        ),
+    let node = single_with_zone(
+        dir.path(),
+        port,
+        &format!("notify = [\"127.0.0.1:{nsd_port}\"]"),
     );
-    std::fs::write(&cfg, text).unwrap();
-    node.start();
-    let file = dir.path().join("example.jp.zone");
-    std::fs::write(&file, ZONE).unwrap();
-    node.ok(&[
-        "zone",
-        "add",
-        "example.jp",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
 
     let nsd_dir = dir.path().join("nsd");
     std::fs::create_dir_all(nsd_dir.join("xfr")).unwrap();
