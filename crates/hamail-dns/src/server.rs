@@ -210,6 +210,7 @@ impl DnsServer {
         mut changes: watch::Receiver<u64>,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let mut version = store.zones_version().ok().flatten();
         let (catalog, mut serials) = build(&store);
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -243,6 +244,13 @@ impl DnsServer {
                             cancel.cancelled().await;
                             break;
                         }
+                        // Most writes are not zone edits: rebuild only when a
+                        // zone changed (a snapshot install moves this too).
+                        let now = store.zones_version().ok().flatten();
+                        if now == version {
+                            continue;
+                        }
+                        version = now;
                         let store = store.clone();
                         let Ok((next, next_serials)) = tokio::task::spawn_blocking(move || build(&store)).await else {
                             continue;

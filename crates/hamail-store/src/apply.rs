@@ -13,8 +13,8 @@ use rocksdb::WriteBatch;
 use crate::db::CF_SM_META;
 use crate::tables::{
     AliasRecord, DomainRecord, NEXT_NODE_ID_KEY, NodeRecord, RecipientRecord, Table, TokenRecord,
-    TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState, address_key, domain_key, domain_prefix,
-    node_key,
+    TransportRecord, ZONE_HISTORY, ZONES_VERSION_KEY, ZoneChange, ZoneState, address_key,
+    domain_key, domain_prefix, node_key,
 };
 use crate::{Result, Store, StoreError, decode, encode};
 use hamail_types::zone;
@@ -240,6 +240,7 @@ impl<'a> Applier<'a> {
                     return Ok(Outcome::rejected(format!("no such zone: {zone}")));
                 }
                 self.delete(Table::Zones, zone.as_str().as_bytes().to_vec());
+                self.put(Table::Zones, ZONES_VERSION_KEY.to_vec(), &ctx.log_index);
                 Ok(Outcome::applied(format!("zone {zone} deleted")))
             }
             Command::ZoneReplace { zone, records } => {
@@ -388,6 +389,7 @@ impl<'a> Applier<'a> {
                 history,
             },
         );
+        self.put(Table::Zones, ZONES_VERSION_KEY.to_vec(), &ctx.log_index);
         Ok(Outcome::applied(format!(
             "zone {zone}: {change}; serial {serial}"
         )))

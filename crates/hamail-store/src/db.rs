@@ -323,6 +323,13 @@ impl Store {
             .transpose()
     }
 
+    /// The log index of the last change to any zone (None: never changed).
+    pub fn zones_version(&self) -> Result<Option<u64>> {
+        self.get(Table::Zones, crate::tables::ZONES_VERSION_KEY)?
+            .map(|v| decode("zones version", &v))
+            .transpose()
+    }
+
     pub fn zones(&self) -> Result<Vec<(DomainName, crate::ZoneState)>> {
         self.keyed_rows(Table::Zones, b"", domain_from_key, "zone")
     }

@@ -134,6 +134,11 @@ pub struct ZoneChange {
     pub change: String,
 }
 
+/// Key, in the zones table, of the log index of the last change to any
+/// zone: DNS rebuilds its zones only when it moves. (Zone names never start
+/// with a NUL byte.)
+pub(crate) const ZONES_VERSION_KEY: &[u8] = b"\0zones_version";
+
 /// Changes kept per zone in `zone history`.
 pub const ZONE_HISTORY: usize = 200;
 
