@@ -378,7 +378,7 @@ impl Cluster {
         if let Some((leader, info)) = leader_info(&node.raft)
             && leader != node.node_id()
             && let Ok(RpcResponse::Status(Ok(view))) =
-                node.forward_call(leader, &info, RpcRequest::Status).await
+                node.ask_leader(leader, &info, RpcRequest::Status).await
         {
             return Ok(view);
         }

@@ -121,6 +121,18 @@ impl Forwarder {
         info: &NodeInfo,
         req: RpcRequest,
     ) -> Result<RpcResponse, ProposeError> {
+        self.call_within(leader, info, req, self.timeout).await
+    }
+
+    /// Like `call`, with its own deadline (a status query need not wait
+    /// as long as a write).
+    pub(crate) async fn call_within(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        req: RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, ProposeError> {
         let mut slot = None;
         for s in &self.slots {
             if let Ok(g) = s.try_lock() {
@@ -145,8 +157,8 @@ impl Forwarder {
         let Some((_, client)) = slot.as_mut() else {
             return Err(ProposeError::Forward("no connection".into()));
         };
-        client.call(&req, self.timeout).await.map_err(|e| match e {
-            RpcError::Timeout { .. } => ProposeError::NoQuorum(self.timeout.as_millis() as u64),
+        client.call(&req, timeout).await.map_err(|e| match e {
+            RpcError::Timeout { .. } => ProposeError::NoQuorum(timeout.as_millis() as u64),
             other => ProposeError::Forward(format!("leader node {leader}: {other}")),
         })
     }
@@ -352,6 +364,18 @@ impl RaftNode {
         req: RpcRequest,
     ) -> Result<RpcResponse, ProposeError> {
         self.forwarder.call(leader, info, req).await
+    }
+
+    /// One RPC to the leader with a short deadline, for read-only questions.
+    pub(crate) async fn ask_leader(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        req: RpcRequest,
+    ) -> Result<RpcResponse, ProposeError> {
+        self.forwarder
+            .call_within(leader, info, req, Duration::from_secs(2))
+            .await
     }
 
     pub fn status(&self) -> RaftStatus {
