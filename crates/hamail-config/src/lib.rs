@@ -342,15 +342,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The address other nodes dial for cluster RPC.
-    pub fn rpc_advertise(&self) -> String {
-        if self.rpc.advertise.is_empty() {
-            self.rpc.listen.to_string()
-        } else {
-            self.rpc.advertise.clone()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,12 @@ fn node_params(node_id: u64) -> Result<CertificateParams, PkiError> {
     Ok(p)
 }
 
+/// The CA as a signer, from its certificate and key.
+fn load_issuer(ca_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem).map_err(cert_err)?)
+        .map_err(cert_err)
+}
+
 /// A key pair and certificate request for a joining node.
 pub fn make_csr() -> Result<(String, String), PkiError> {
     let key = KeyPair::generate().map_err(cert_err)?;
@@ -176,9 +182,7 @@ impl Pki {
         let ca = p.self_signed(&key).map_err(cert_err)?;
         let ca_pem = ca.pem();
         let ca_key_pem = key.serialize_pem();
-        let issuer =
-            Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem).map_err(cert_err)?)
-                .map_err(cert_err)?;
+        let issuer = load_issuer(&ca_pem, &ca_key_pem)?;
         let node_key = KeyPair::generate().map_err(cert_err)?;
         let node_pem = node_params(node_id)?
             .signed_by(&node_key, &issuer)
@@ -274,11 +278,7 @@ impl Pki {
     pub fn issue(&self, node_id: u64, csr_pem: &str) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Cert(format!("certificate request: {e}")))?;
-        let issuer = Issuer::from_ca_cert_pem(
-            &self.ca_pem,
-            KeyPair::from_pem(&self.ca_key_pem).map_err(cert_err)?,
-        )
-        .map_err(cert_err)?;
+        let issuer = load_issuer(&self.ca_pem, &self.ca_key_pem)?;
         Ok(node_params(node_id)?
             .signed_by(&csr.public_key, &issuer)
             .map_err(cert_err)?
