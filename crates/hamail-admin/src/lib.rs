@@ -8,8 +8,8 @@ mod server;
 
 pub use client::AdminClient;
 pub use protocol::{
-    AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, RecipientRow,
-    StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
+    AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, QueuedMessage,
+    RecipientRow, StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
 };
 pub use server::{AdminContext, SOCKET_NAME, serve};
 

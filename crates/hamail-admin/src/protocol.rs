@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hamail_raft::RaftStatus;
 pub use hamail_raft::{ClusterView, MemberView};
-use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec};
+use hamail_types::{DomainKind, DomainName, MailAddress, QueueEntry, QueueId, TransportSpec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +95,35 @@ pub enum AdminRequest {
         record: String,
     },
     /// Create the cluster on this (waiting) node.
+    /// The whole cluster's queue, as this node has applied it.
+    QueueList,
+    QueueShow {
+        id: QueueId,
+    },
+    /// Deletes the named messages, or every message with `all`.
+    QueueDelete {
+        #[serde(default)]
+        ids: Vec<QueueId>,
+        #[serde(default)]
+        all: bool,
+    },
+    QueueHold {
+        #[serde(default)]
+        ids: Vec<QueueId>,
+        #[serde(default)]
+        all: bool,
+    },
+    QueueRelease {
+        #[serde(default)]
+        ids: Vec<QueueId>,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Makes deferred mail due now (all of it when `ids` is empty).
+    QueueFlush {
+        #[serde(default)]
+        ids: Vec<QueueId>,
+    },
     ClusterInit,
     /// Issue a single-use join token valid for `ttl_secs`.
     ClusterToken {
@@ -152,6 +181,14 @@ pub struct WriteResult {
 }
 
 /// `cluster token`: the token to pass to `cluster join`.
+/// `queue show`: the entry and its message text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub entry: QueueEntry,
+    /// The message as stored (invalid UTF-8 shown as U+FFFD).
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenResult {
     pub token: String,

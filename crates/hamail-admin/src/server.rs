@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_lite::StreamExt;
 use hamail_raft::{Cluster, ClusterError, RaftNode};
-use hamail_types::{Command, Outcome};
+use hamail_types::{Command, Outcome, QueueId, QueueSelector};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
@@ -154,6 +154,16 @@ async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
     }
 }
 
+/// Queue ids or `--all`, exactly one of them.
+fn selector(ids: Vec<QueueId>, all: bool) -> Result<QueueSelector, AdminResponse> {
+    match (ids.is_empty(), all) {
+        (true, true) => Ok(QueueSelector::All),
+        (false, false) => Ok(QueueSelector::Ids(ids)),
+        (true, false) => Err(AdminResponse::error("name queue ids, or --all")),
+        (false, true) => Err(AdminResponse::error("name queue ids or --all, not both")),
+    }
+}
+
 trait OrMissing {
     /// A `null` result of a read becomes an error naming what is missing.
     fn or_missing(self, what: &str) -> AdminResponse;
@@ -254,6 +264,38 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
                 }
             };
             write(ctx, vec![Command::ZoneCreate { zone, records }]).await
+        }
+        AdminRequest::QueueList => read(ctx, |s| s.queue_entries()).await,
+        AdminRequest::QueueShow { id } => read(ctx, move |s| {
+            let Some(entry) = s.queue_entry(&id)? else {
+                return Ok(None);
+            };
+            let body = s.queue_body(&id)?.unwrap_or_default();
+            Ok(Some(QueuedMessage {
+                entry,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            }))
+        })
+        .await
+        .or_missing("no such message in the queue"),
+        AdminRequest::QueueDelete { ids, all } => match selector(ids, all) {
+            Ok(which) => write(ctx, vec![Command::QueueDelete { which }]).await,
+            Err(r) => r,
+        },
+        AdminRequest::QueueHold { ids, all } => match selector(ids, all) {
+            Ok(which) => write(ctx, vec![Command::QueueHold { which, hold: true }]).await,
+            Err(r) => r,
+        },
+        AdminRequest::QueueRelease { ids, all } => match selector(ids, all) {
+            Ok(which) => write(ctx, vec![Command::QueueHold { which, hold: false }]).await,
+            Err(r) => r,
+        },
+        AdminRequest::QueueFlush { ids } => {
+            let all = ids.is_empty();
+            match selector(ids, all) {
+                Ok(which) => write(ctx, vec![Command::QueueFlush { which }]).await,
+                Err(r) => r,
+            }
         }
         AdminRequest::ZoneDel { zone } => write(ctx, vec![Command::ZoneDelete { zone }]).await,
         AdminRequest::ZoneImport { zone, zone_file } => {

@@ -630,7 +630,11 @@ impl RpcHandler for Service {
     async fn handle(&self, _caller: Option<NodeId>, req: RpcRequest) -> RpcResponse {
         match req {
             RpcRequest::AppendEntries(r) => {
-                RpcResponse::AppendEntries(self.node.raft.append_entries(r).await)
+                let resp = self.node.raft.append_entries(r).await;
+                if matches!(&resp, Ok(a) if a.is_success() || a.is_conflict()) {
+                    self.node.note_leader_contact();
+                }
+                RpcResponse::AppendEntries(resp)
             }
             RpcRequest::Vote(r) => RpcResponse::Vote(self.node.raft.vote(r).await),
             RpcRequest::InstallSnapshot(r) => {

@@ -30,6 +30,14 @@ use crate::{HamailRaft, NodeInfo, Request, open_storage};
 /// entry replicate while the next fills, which matters across sites.
 const MAX_INFLIGHT: usize = 2;
 const MAX_BATCH_COMMANDS: usize = 8192;
+/// An entry stops growing past this many bytes (mail bodies), so that one
+/// replication message stays bounded; a single larger message still goes
+/// out alone.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+fn proposal_bytes(p: &Proposal) -> usize {
+    p.commands.iter().map(Command::approx_size).sum()
+}
 
 /// Raft timing and snapshot policy, from the config.
 #[derive(Debug, Clone)]
@@ -194,6 +202,9 @@ pub struct RaftNode {
     /// Membership changes, one at a time.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) opts: NodeOptions,
+    /// When this node last heard from a leader (ms since `started`).
+    leader_contact_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// What `hamail status` shows of raft.
@@ -238,6 +249,10 @@ impl RaftNode {
             max_in_snapshot_log_to_keep: opts.max_logs_kept_after_snapshot,
             // Snapshot chunks cross TLS and, in production, long links.
             install_snapshot_timeout: 10_000,
+            // Entries carry mail bodies (up to 4 MiB of batch, or one whole
+            // message): a bounded count keeps one AppendEntries well under
+            // the RPC frame limit.
+            max_payload_entries: 16,
             ..Default::default()
         };
         let config = Arc::new(
@@ -272,6 +287,8 @@ impl RaftNode {
             forwarder,
             membership_lock: tokio::sync::Mutex::new(()),
             opts: opts.clone(),
+            leader_contact_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         node.elect_if_sole_voter().await;
         Ok(node)
@@ -279,6 +296,36 @@ impl RaftNode {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// A leader's AppendEntries (heartbeat or data) reached this node.
+    pub(crate) fn note_leader_contact(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.leader_contact_ms
+            .fetch_max(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether this node can currently get a write committed: a leader
+    /// that heard from a majority recently, or a follower that heard from
+    /// its leader recently. "Recently" is one maximal election timeout. The
+    /// smtpd asks this before it takes a message (`421` otherwise), so that
+    /// senders go to the next MX at once rather than wait for a timeout.
+    pub fn has_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let window = self.opts.election_timeout_max_ms;
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        match m.state {
+            ServerState::Leader => {
+                voters == [self.node_id] || m.millis_since_quorum_ack.is_some_and(|ms| ms <= window)
+            }
+            ServerState::Follower | ServerState::Learner => {
+                let last = self.leader_contact_ms.load(Ordering::Relaxed);
+                m.current_leader.is_some()
+                    && last > 0
+                    && (self.started.elapsed().as_millis() as u64).saturating_sub(last) <= window
+            }
+            _ => false,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -422,16 +469,32 @@ async fn proposer(
     forwarder: Arc<Forwarder>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A proposal that did not fit the previous entry opens the next one.
+    let mut carry: Option<Proposal> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        let mut n = first.commands.len();
+        let mut bytes = proposal_bytes(&first);
         let mut batch = vec![first];
-        let mut n = batch[0].commands.len();
-        while n < MAX_BATCH_COMMANDS {
+        while n < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
+                    let size = proposal_bytes(&p);
+                    if bytes + size > MAX_BATCH_BYTES {
+                        carry = Some(p);
+                        break;
+                    }
                     n += p.commands.len();
+                    bytes += size;
                     batch.push(p);
                 }
                 Err(_) => break,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::TypeConfig;
 use crate::pki::peer_node_id;
 
-pub const MAX_FRAME: usize = 64 << 20;
+pub const MAX_FRAME: usize = 512 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no request for this long is closed by the server.

@@ -1,1 +1,120 @@
-//! hamail-smtp
+//! hamail-smtp: the receiving half of the MTA. A smtpd that takes mail for
+//! the cluster's domains (and from mynetworks for anywhere) and answers 250
+//! only when the backend — the replicated queue — has it on a majority.
+//!
+//! The crate knows nothing of raft: the binary hands it a [`Backend`].
+
+mod data;
+mod headers;
+mod policy;
+mod server;
+mod session;
+mod tls;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hamail_types::{NewMessage, NodeId, QueueId};
+
+pub use data::{DataEvent, DataReader};
+pub use headers::{mailq_date, received_header, rfc5322_date};
+pub use policy::{Tables, Verdict, check_recipient, in_networks};
+pub use server::Smtpd;
+pub use session::IoStream;
+pub use tls::{ensure_self_signed, server_config};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SmtpError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr} (smtp.listen): {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+/// Why a message could not be queued. Either way the client hears 451 and
+/// keeps the message: nothing that is not durable is answered 250.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// No majority reachable (or it did not answer in time).
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the smtpd needs from the rest of hamail.
+pub trait Backend: Tables + Send + Sync + 'static {
+    fn node_id(&self) -> NodeId;
+    /// Whether a write could be committed now (else new sessions get 421).
+    fn has_quorum(&self) -> bool;
+    /// Commits the message on a majority; returns only when it is durable.
+    fn enqueue(&self, message: NewMessage)
+    -> impl Future<Output = Result<(), EnqueueError>> + Send;
+}
+
+/// The smtpd's settings, with Postfix's names where Postfix has one.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `myhostname`: in the banner, EHLO and Received headers.
+    pub hostname: String,
+    pub message_size_limit: usize,
+    pub smtpd_recipient_limit: usize,
+    /// Longest command line accepted.
+    pub line_length_limit: usize,
+    /// Time a client has for each command line or body read.
+    pub smtpd_timeout: Duration,
+    /// Time a whole DATA or BDAT transfer may take.
+    pub smtpd_data_time_limit: Duration,
+    pub smtpd_client_connection_count_limit: usize,
+    /// Sessions at once, all clients together.
+    pub smtpd_max_connections: usize,
+    pub smtpd_hard_error_limit: u32,
+    pub mynetworks: Vec<ipnet::IpNet>,
+    /// STARTTLS, when configured (it is by default).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+impl Settings {
+    /// Postfix's defaults, for a host name.
+    pub fn with_defaults(hostname: &str) -> Self {
+        Settings {
+            hostname: hostname.to_string(),
+            message_size_limit: 10 << 20,
+            smtpd_recipient_limit: 1000,
+            line_length_limit: 2048,
+            smtpd_timeout: Duration::from_secs(300),
+            smtpd_data_time_limit: Duration::from_secs(600),
+            smtpd_client_connection_count_limit: 50,
+            smtpd_max_connections: 2048,
+            smtpd_hard_error_limit: 20,
+            mynetworks: vec![
+                "127.0.0.1/32".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+            tls: None,
+        }
+    }
+}
+
+static LAST_QUEUE_US: AtomicU64 = AtomicU64::new(0);
+
+/// A new queue id: this node's clock in µs, kept strictly increasing in
+/// this process, and the node id.
+pub fn next_queue_id(node: NodeId) -> QueueId {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let mut prev = LAST_QUEUE_US.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST_QUEUE_US.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return QueueId::new(next, node),
+            Err(p) => prev = p,
+        }
+    }
+}

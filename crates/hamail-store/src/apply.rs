@@ -42,14 +42,14 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.overlay.get(&(table, key.to_vec())) {
             Some(v) => Ok(v.clone()),
             None => self.store.get(table, key),
         }
     }
 
-    fn get_typed<T: serde::de::DeserializeOwned>(
+    pub(crate) fn get_typed<T: serde::de::DeserializeOwned>(
         &self,
         table: Table,
         key: &[u8],
@@ -58,16 +58,26 @@ impl<'a> Applier<'a> {
         self.get(table, key)?.map(|v| decode(what, &v)).transpose()
     }
 
-    fn put<T: serde::Serialize>(&mut self, table: Table, key: Vec<u8>, value: &T) {
+    pub(crate) fn put<T: serde::Serialize>(&mut self, table: Table, key: Vec<u8>, value: &T) {
         self.overlay.insert((table, key), Some(encode(value)));
     }
 
-    fn delete(&mut self, table: Table, key: Vec<u8>) {
+    /// Writes bytes as they are (message bodies).
+    pub(crate) fn put_raw(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert((table, key), Some(value));
+    }
+
+    pub(crate) fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.overlay.insert((table, key), None);
     }
 
     /// Number of rows under `prefix`, counting this batch's writes.
     fn count_prefix(&self, table: Table, prefix: &[u8]) -> Result<usize> {
+        Ok(self.keys_with_prefix(table, prefix)?.len())
+    }
+
+    /// Keys under `prefix`, counting this batch's writes, in key order.
+    pub(crate) fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
         let mut keys = BTreeSet::new();
         self.store.scan_prefix(table, prefix, |k, _| {
             keys.insert(k.to_vec());
@@ -83,7 +93,7 @@ impl<'a> Applier<'a> {
                 keys.remove(k);
             }
         }
-        Ok(keys.len())
+        Ok(keys.into_iter().collect())
     }
 
     /// Records a state-machine metadata value (last applied, membership) to be
@@ -309,6 +319,10 @@ impl<'a> Applier<'a> {
                 );
                 self.zone_write(zone, Some(old), records, ctx, what)
             }
+            Command::QueueInsert { message } => self.queue_insert(message, ctx),
+            Command::QueueDelete { which } => self.queue_delete(which),
+            Command::QueueHold { which, hold } => self.queue_hold(which, *hold),
+            Command::QueueFlush { which } => self.queue_flush(which, time_ms),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),

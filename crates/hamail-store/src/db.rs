@@ -278,6 +278,18 @@ impl Store {
         self.address_rows(Table::Recipients, domain, "recipient")
     }
 
+    pub fn recipient(&self, a: &MailAddress) -> Result<Option<RecipientRecord>> {
+        self.get(Table::Recipients, &crate::tables::address_key(a))?
+            .map(|v| decode("recipient", &v))
+            .transpose()
+    }
+
+    pub fn alias(&self, a: &MailAddress) -> Result<Option<AliasRecord>> {
+        self.get(Table::Aliases, &crate::tables::address_key(a))?
+            .map(|v| decode("alias", &v))
+            .transpose()
+    }
+
     pub fn aliases(&self, domain: Option<&DomainName>) -> Result<Vec<(MailAddress, AliasRecord)>> {
         self.address_rows(Table::Aliases, domain, "alias")
     }

@@ -5,6 +5,7 @@
 mod apply;
 mod codec;
 mod db;
+mod queue;
 mod snapshot;
 mod tables;
 

@@ -363,3 +363,63 @@ fn log_append_range_truncate_purge() {
     assert_eq!(s.log_range(0, 100).unwrap().first().unwrap().0, 5);
     assert_eq!(s.raft_meta_get("purged").unwrap(), Some(b"p".to_vec()));
 }
+
+#[test]
+fn queue_entries_round_trip_and_queue_commands_apply() {
+    use hamail_types::{NewMessage, QueueId, QueueSelector, RecipientStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = QueueId::new(1_700_000_000_000_000, 2);
+    let msg = NewMessage {
+        queue_id: id.clone(),
+        sender: None,
+        recipients: vec![MailAddress::parse("u@example.jp").unwrap()],
+        owner: 2,
+        client: "unknown[127.0.0.1]".into(),
+        helo: "h".into(),
+        smtputf8: false,
+        eight_bit: false,
+        body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+    };
+    let ctx = ApplyContext {
+        time_ms: 42,
+        proposer: 1,
+        log_index: 7,
+    };
+    let insert = Command::QueueInsert {
+        message: Box::new(msg),
+    };
+    let mut ap = Applier::new(&store);
+    assert!(ap.apply(&insert, &ctx).unwrap().is_applied());
+    // A second insert with the same id, even in the same batch, is refused.
+    assert!(!ap.apply(&insert, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    let e = store.queue_entry(&id).unwrap().unwrap();
+    assert_eq!((e.owner, e.epoch, e.arrival_ms, e.held), (2, 1, 42, false));
+    assert_eq!(e.recipients[0].status, RecipientStatus::Pending);
+    assert_eq!(
+        store.queue_body(&id).unwrap().unwrap(),
+        b"Subject: x\r\n\r\nbody\r\n"
+    );
+    let mut ap = Applier::new(&store);
+    let hold = Command::QueueHold {
+        which: QueueSelector::Ids(vec![id.clone()]),
+        hold: true,
+    };
+    assert!(ap.apply(&hold, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(store.queue_entry(&id).unwrap().unwrap().held);
+    let mut ap = Applier::new(&store);
+    let other = QueueId::new(5, 1);
+    let missing = Command::QueueDelete {
+        which: QueueSelector::Ids(vec![other]),
+    };
+    assert!(!ap.apply(&missing, &ctx).unwrap().is_applied());
+    let all = Command::QueueDelete {
+        which: QueueSelector::All,
+    };
+    assert!(ap.apply(&all, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(store.queue_entries().unwrap().is_empty());
+    assert!(store.queue_body(&id).unwrap().is_none());
+}

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::{NewMessage, QueueSelector};
 use crate::zone::{self, ZoneRecord};
 use crate::{DomainName, MailAddress, NodeId, TransportSpec, TypesError};
 
@@ -142,6 +143,23 @@ pub enum Command {
         zone: DomainName,
         record: ZoneRecord,
     },
+    /// A message accepted by a smtpd: envelope and body, one entry.
+    QueueInsert {
+        message: Box<NewMessage>,
+    },
+    /// Removes messages and their bodies (`queue delete`).
+    QueueDelete {
+        which: QueueSelector,
+    },
+    /// Puts messages on hold, or releases them (`queue hold` / `release`).
+    QueueHold {
+        which: QueueSelector,
+        hold: bool,
+    },
+    /// Makes deferred recipients due now (`queue flush`).
+    QueueFlush {
+        which: QueueSelector,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -228,12 +246,28 @@ impl Command {
             Command::RecordDelete { rtype, .. } if rtype.as_deref() == Some("SOA") => {
                 bad("the SOA cannot be deleted (delete the zone instead)".into())
             }
+            Command::QueueInsert { message } => message.validate(),
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
                 bad("a node needs a name (1-63 characters) and an RPC address".into())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// About how many bytes the command takes in a raft entry: the proposer
+    /// keeps entries (and so replication messages) bounded by it.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::QueueInsert { message } => {
+                message.body.len() + 64 * (message.recipients.len() + 4)
+            }
+            Command::RecipientImport { entries } => 64 * entries.len(),
+            Command::ZoneCreate { records, .. } | Command::ZoneReplace { records, .. } => {
+                96 * records.len()
+            }
+            _ => 128,
         }
     }
 
@@ -258,7 +292,11 @@ impl Command {
             | Command::TokenAdd { .. }
             | Command::NodeAdmit { .. }
             | Command::NodeRegister { .. }
-            | Command::NodeRemove { .. } => None,
+            | Command::NodeRemove { .. }
+            | Command::QueueInsert { .. }
+            | Command::QueueDelete { .. }
+            | Command::QueueHold { .. }
+            | Command::QueueFlush { .. } => None,
         }
     }
 }

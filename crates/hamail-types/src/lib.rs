@@ -6,6 +6,7 @@ mod address;
 pub mod command;
 mod domain;
 mod map;
+pub mod queue;
 mod transport;
 pub mod zone;
 
@@ -13,6 +14,7 @@ pub use address::MailAddress;
 pub use command::{Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
+pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};
 pub use transport::{NextHop, TransportSpec};
 pub use zone::ZoneRecord;
 

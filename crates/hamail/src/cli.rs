@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use hamail_admin::{
-    AdminClient, AdminRequest, AliasRow, ClusterView, DomainRow, RecipientRow, SOCKET_NAME,
-    StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
+    AdminClient, AdminRequest, AliasRow, ClusterView, DomainRow, QueuedMessage, RecipientRow,
+    SOCKET_NAME, StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
 };
 use hamail_config::Config;
-use hamail_types::{DomainKind, DomainName, MailAddress, TransportSpec, parse_postfix_map};
+use hamail_types::{
+    DomainKind, DomainName, MailAddress, QueueEntry, QueueId, TransportSpec, parse_postfix_map,
+};
 
 use crate::Verb;
 
@@ -137,6 +139,45 @@ pub enum RecordVerb {
     Del { zone: DomainName, selector: String },
     /// Replace the rrset of NAME and TYPE with this record.
     Set { zone: DomainName, record: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueVerb {
+    /// The whole cluster's queue, like mailq: id (`!` when held), size,
+    /// arrival, sender, recipients with their states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One queued message, envelope and content, like `postcat -q ID`.
+    Show {
+        id: QueueId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete messages (`postsuper -d`).
+    Delete {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<QueueId>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Put messages on hold: not delivered until released (`postsuper -h`).
+    Hold {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<QueueId>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release held messages (`postsuper -H`).
+    Release {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<QueueId>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Retry deferred mail now (`postqueue -f`), all of it or the named ids.
+    Flush { ids: Vec<QueueId> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +317,16 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
         Verb::Record(RecordVerb::Set { zone, record }) => {
             (AdminRequest::RecordSet { zone, record }, false)
         }
+        Verb::Queue(QueueVerb::List { json }) => (AdminRequest::QueueList, json),
+        Verb::Queue(QueueVerb::Show { id, json }) => (AdminRequest::QueueShow { id }, json),
+        Verb::Queue(QueueVerb::Delete { ids, all }) => {
+            (AdminRequest::QueueDelete { ids, all }, false)
+        }
+        Verb::Queue(QueueVerb::Hold { ids, all }) => (AdminRequest::QueueHold { ids, all }, false),
+        Verb::Queue(QueueVerb::Release { ids, all }) => {
+            (AdminRequest::QueueRelease { ids, all }, false)
+        }
+        Verb::Queue(QueueVerb::Flush { ids }) => (AdminRequest::QueueFlush { ids }, false),
         Verb::Cluster(ClusterVerb::Init) => (AdminRequest::ClusterInit, false),
         Verb::Cluster(ClusterVerb::Token { ttl }) => (
             AdminRequest::ClusterToken {
@@ -344,6 +395,8 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
                 );
             }
         }
+        AdminRequest::QueueList => print_mailq(serde_json::from_value(result)?),
+        AdminRequest::QueueShow { .. } => print_postcat(serde_json::from_value(result)?),
         AdminRequest::DomainList => {
             let rows: Vec<DomainRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);
@@ -391,6 +444,74 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
         }
     }
     Ok(())
+}
+
+/// `queue list` in mailq's layout.
+fn print_mailq(entries: Vec<QueueEntry>) {
+    if entries.is_empty() {
+        println!("Mail queue is empty");
+        return;
+    }
+    println!(
+        "{:<17} {:>8} {:<20} -Sender/Recipient-------",
+        "-Queue ID-", "--Size--", "----Arrival Time----"
+    );
+    let mut bytes = 0u64;
+    for e in &entries {
+        bytes += e.size;
+        let id = format!("{}{}", e.queue_id, if e.held { "!" } else { "" });
+        let sender = e.sender_str();
+        println!(
+            "{id:<17} {:>8} {:<20} {}",
+            e.size,
+            hamail_smtp::mailq_date(e.arrival_ms / 1000),
+            if sender.is_empty() {
+                "MAILER-DAEMON".to_string()
+            } else {
+                sender
+            }
+        );
+        for r in &e.recipients {
+            let why = match &r.status {
+                hamail_types::RecipientStatus::Deferred { reason, .. } => {
+                    format!("({reason})\n{:48}", "")
+                }
+                _ => String::new(),
+            };
+            println!("{:48}{why}{} ({})", "", r.address, r.status.name());
+        }
+        println!();
+    }
+    println!(
+        "-- {} Kbytes in {} Request{}.",
+        bytes.div_ceil(1024),
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" }
+    );
+}
+
+/// `queue show` in postcat's layout.
+fn print_postcat(m: QueuedMessage) {
+    let e = &m.entry;
+    let id = &e.queue_id;
+    println!("*** ENVELOPE RECORDS {id} ***");
+    println!("message_size: {}", e.size);
+    println!(
+        "message_arrival_time: {}",
+        hamail_smtp::rfc5322_date(e.arrival_ms / 1000)
+    );
+    println!("owner_node: {} (lease epoch {})", e.owner, e.epoch);
+    if e.held {
+        println!("held: yes");
+    }
+    println!("client: {} helo={}", e.client, e.helo);
+    println!("sender: {}", e.sender_str());
+    for r in &e.recipients {
+        println!("recipient: {} ({})", r.address, r.status.name());
+    }
+    println!("*** MESSAGE CONTENTS {id} ***");
+    print!("{}", m.message.replace("\r\n", "\n"));
+    println!("*** MESSAGE FILE END {id} ***");
 }
 
 fn opt(v: Option<u64>) -> String {

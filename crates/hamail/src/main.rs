@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod metrics;
+mod mta;
 mod serve;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,9 @@ enum Verb {
     /// Cluster membership: init, token, join, status, leave, remove.
     #[command(subcommand)]
     Cluster(cli::ClusterVerb),
+    /// The mail queue of the whole cluster (any node).
+    #[command(subcommand)]
+    Queue(cli::QueueVerb),
 }
 
 fn main() -> ExitCode {

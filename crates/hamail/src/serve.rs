@@ -96,7 +96,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let dns_sockets = DnsServer::bind(&cfg.dns.listen, cfg.dns.udp_workers).await?;
 
+    let smtp_listeners = crate::mta::bind(&cfg).await?;
+
     let store = Store::open(&data_dir.join("db"))?;
+    let (smtp_backend, smtpds) =
+        crate::mta::smtpds(&cfg, &data_dir, store.clone(), smtp_listeners)?;
     let settings = ClusterSettings {
         cluster_name: cfg.cluster.name.clone(),
         info: NodeInfo {
@@ -177,6 +181,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         applied_rx,
         cancel.clone(),
     );
+    let smtp = crate::mta::start(cluster.clone(), smtp_backend, smtpds, cancel.clone());
     let socket = data_dir.join(SOCKET_NAME);
     let admin = hamail_admin::serve(socket.clone(), ctx, cancel.clone())?;
     let metrics = tokio::spawn(crate::metrics::serve(
@@ -205,6 +210,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = admin.await;
     let _ = metrics.await;
     let _ = dns.await;
+    let _ = smtp.await;
     cluster.shutdown().await;
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");

@@ -1,0 +1,164 @@
+//! Header work on accepted messages: the `Received:` line we add (in
+//! Postfix's shape), RFC 5322 dates, and the Message-ID for the logs.
+
+/// `Wed, 2 Dec 2026 03:26:36 +0000` for a Unix time in seconds (UTC).
+pub fn rfc5322_date(unix_secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000 (UTC)",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `Wed Dec  2 03:26:36`, the arrival time as mailq shows it (UTC).
+pub fn mailq_date(unix_secs: u64) -> String {
+    let d = rfc5322_date(unix_secs);
+    // "Wed, 2 Dec 2026 03:26:36 +0000 (UTC)" -> parts
+    let p: Vec<&str> = d.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    match p.as_slice() {
+        [wd, day, mon, _year, time, ..] => format!("{wd} {mon} {day:>2} {time}"),
+        _ => d,
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// What goes into our `Received:` header.
+#[derive(Debug)]
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub client_ip: std::net::IpAddr,
+    pub hostname: &'a str,
+    /// `ESMTP`, `ESMTPS`, `ESMTPSA`, `UTF8SMTPS`, ... (RFC 3848).
+    pub protocol: &'a str,
+    pub queue_id: &'a str,
+    /// Named with `for <...>` when the message has exactly one recipient.
+    pub single_recipient: Option<&'a str>,
+    pub unix_secs: u64,
+}
+
+/// The `Received:` header, folded as Postfix folds it.
+pub fn received_header(t: &Trace<'_>) -> String {
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    let mut h = format!(
+        "Received: from {helo} (unknown [{}])\r\n\tby {} (hamail) with {} id {}",
+        t.client_ip, t.hostname, t.protocol, t.queue_id
+    );
+    if let Some(r) = t.single_recipient {
+        h.push_str(&format!("\r\n\tfor <{r}>"));
+    }
+    h.push_str(&format!("; {}\r\n", rfc5322_date(t.unix_secs)));
+    h
+}
+
+/// The Message-ID of a message, from its header section, for the log line
+/// `<ID>: message-id=<...>`.
+pub fn message_id(body: &[u8]) -> Option<String> {
+    let mut lines = body.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if !line[..colon].eq_ignore_ascii_case(b"message-id") {
+            continue;
+        }
+        let mut value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
+        // A folded value continues on lines that start with white space.
+        while let Some(next) = lines.peek() {
+            if next.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                let next = next.strip_suffix(b"\r").unwrap_or(next);
+                value.push_str(&String::from_utf8_lossy(next));
+                lines.next();
+            } else {
+                break;
+            }
+        }
+        let v: String = value.trim().chars().filter(|c| !c.is_control()).collect();
+        return Some(v.chars().take(998).collect());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc5322() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000 (UTC)");
+        assert_eq!(
+            rfc5322_date(1_796_182_000),
+            "Wed, 2 Dec 2026 03:26:40 +0000 (UTC)"
+        );
+        assert_eq!(
+            rfc5322_date(951_782_400),
+            "Tue, 29 Feb 2000 00:00:00 +0000 (UTC)"
+        );
+    }
+
+    #[test]
+    fn mailq_dates() {
+        assert_eq!(mailq_date(1_796_182_000), "Wed Dec  2 03:26:40");
+    }
+
+    #[test]
+    fn received_header_has_postfix_shape() {
+        let h = received_header(&Trace {
+            helo: "client.example",
+            client_ip: "127.0.0.1".parse().unwrap(),
+            hostname: "mx1.example.jp",
+            protocol: "ESMTP",
+            queue_id: "0123456789ABC001",
+            single_recipient: Some("u@example.jp"),
+            unix_secs: 0,
+        });
+        assert_eq!(
+            h,
+            "Received: from client.example (unknown [127.0.0.1])\r\n\tby mx1.example.jp (hamail) with ESMTP id 0123456789ABC001\r\n\tfor <u@example.jp>; Thu, 1 Jan 1970 00:00:00 +0000 (UTC)\r\n"
+        );
+    }
+
+    #[test]
+    fn message_id_is_found_in_the_header_only() {
+        assert_eq!(
+            message_id(b"Subject: a\r\nMessage-ID:\r\n <x@y>\r\n\r\nMessage-ID: <no>\r\n")
+                .as_deref(),
+            Some("<x@y>")
+        );
+        assert_eq!(message_id(b"Subject: a\r\n\r\nMessage-ID: <no>\r\n"), None);
+    }
+}

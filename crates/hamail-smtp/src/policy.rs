@@ -1,0 +1,163 @@
+//! Who may send mail to whom: Postfix's `permit_mynetworks,
+//! reject_unauth_destination` plus `reject_unlisted_recipient`, decided on
+//! the replicated tables. Pure: the tables come in through a trait.
+
+use hamail_types::{DomainKind, DomainName, MailAddress};
+use ipnet::IpNet;
+
+/// Read access to the replicated tables the recipient check needs.
+pub trait Tables {
+    fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, String>;
+    fn recipient_known(&self, address: &MailAddress) -> Result<bool, String>;
+    fn alias_known(&self, address: &MailAddress) -> Result<bool, String>;
+}
+
+/// The answer to one RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// 550 5.1.1: a domain of ours, an address it does not have.
+    Unknown {
+        table: &'static str,
+    },
+    /// 554 5.7.1: not our domain and the client may not relay.
+    RelayDenied,
+    /// 451 4.3.0: the tables could not be read.
+    TempFail(String),
+}
+
+/// Local parts every domain of ours accepts (RFC 5321 4.5.1, RFC 2142).
+const ROLE_ACCOUNTS: [&str; 2] = ["postmaster", "abuse"];
+
+pub fn check_recipient(tables: &impl Tables, rcpt: &MailAddress, trusted: bool) -> Verdict {
+    let kind = match tables.domain_kind(rcpt.domain()) {
+        Ok(k) => k,
+        Err(e) => return Verdict::TempFail(e),
+    };
+    let Some(kind) = kind else {
+        // Not ours: only clients in mynetworks may relay.
+        return if trusted {
+            Verdict::Accept
+        } else {
+            Verdict::RelayDenied
+        };
+    };
+    if ROLE_ACCOUNTS
+        .iter()
+        .any(|r| rcpt.local().eq_ignore_ascii_case(r))
+    {
+        return Verdict::Accept;
+    }
+    let known = match kind {
+        DomainKind::Virtual => tables.alias_known(rcpt),
+        _ => tables
+            .recipient_known(rcpt)
+            .and_then(|k| Ok(k || tables.alias_known(rcpt)?)),
+    };
+    match known {
+        Ok(true) => Verdict::Accept,
+        Ok(false) => Verdict::Unknown {
+            table: match kind {
+                DomainKind::Local => "local recipient table",
+                DomainKind::Relay => "relay recipient table",
+                _ => "virtual alias table",
+            },
+        },
+        Err(e) => Verdict::TempFail(e),
+    }
+}
+
+/// Whether a client address is in `mynetworks`. IPv4-mapped IPv6 clients
+/// are matched as the IPv4 address they are.
+pub fn in_networks(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    struct T {
+        domains: Vec<(&'static str, DomainKind)>,
+        recipients: BTreeSet<&'static str>,
+        aliases: BTreeSet<&'static str>,
+    }
+
+    impl Tables for T {
+        fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+            Ok(self
+                .domains
+                .iter()
+                .find(|(n, _)| *n == d.as_str())
+                .map(|(_, k)| *k))
+        }
+        fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
+            Ok(self.recipients.contains(a.to_string().as_str()))
+        }
+        fn alias_known(&self, a: &MailAddress) -> Result<bool, String> {
+            Ok(self.aliases.contains(a.to_string().as_str()))
+        }
+    }
+
+    fn a(s: &str) -> MailAddress {
+        MailAddress::parse(s).unwrap()
+    }
+
+    #[test]
+    fn recipients_are_checked_like_postfix() {
+        let t = T {
+            domains: vec![
+                ("example.jp", DomainKind::Relay),
+                ("v.example", DomainKind::Virtual),
+            ],
+            recipients: ["user@example.jp"].into(),
+            aliases: ["info@example.jp", "sales@v.example"].into(),
+        };
+        assert_eq!(
+            check_recipient(&t, &a("user@example.jp"), false),
+            Verdict::Accept
+        );
+        assert_eq!(
+            check_recipient(&t, &a("info@example.jp"), false),
+            Verdict::Accept
+        );
+        assert_eq!(
+            check_recipient(&t, &a("Postmaster@example.jp"), false),
+            Verdict::Accept
+        );
+        assert_eq!(
+            check_recipient(&t, &a("abuse@v.example"), false),
+            Verdict::Accept
+        );
+        assert_eq!(
+            check_recipient(&t, &a("sales@v.example"), false),
+            Verdict::Accept
+        );
+        assert!(matches!(
+            check_recipient(&t, &a("nobody@example.jp"), true),
+            Verdict::Unknown { .. }
+        ));
+        assert_eq!(
+            check_recipient(&t, &a("x@elsewhere.example"), false),
+            Verdict::RelayDenied
+        );
+        assert_eq!(
+            check_recipient(&t, &a("x@elsewhere.example"), true),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn mynetworks_match_mapped_addresses() {
+        let nets: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert!(in_networks(&nets, "127.0.0.1".parse().unwrap()));
+        assert!(in_networks(&nets, "::ffff:127.0.0.1".parse().unwrap()));
+        assert!(in_networks(&nets, "::1".parse().unwrap()));
+        assert!(!in_networks(&nets, "127.0.0.2".parse().unwrap()));
+    }
+}

@@ -1,0 +1,154 @@
+//! The smtpd's listener: accepts connections, enforces the connection
+//! limits (in total and per client, mynetworks exempt like Postfix's
+//! `smtpd_client_event_limit_exceptions`), and runs one task per session.
+//! Sessions are owned by a JoinSet and end on the cancellation token.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::Session;
+use crate::{Backend, Settings, SmtpError};
+
+pub struct Smtpd<B: Backend> {
+    listener: TcpListener,
+    backend: Arc<B>,
+    settings: Arc<Settings>,
+}
+
+/// Sessions open, per client address and in total.
+#[derive(Default)]
+struct Counts {
+    per_ip: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// Gives a session's slot back when the session ends, however it ends.
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl<B: Backend> Smtpd<B> {
+    pub async fn bind(
+        addr: SocketAddr,
+        backend: Arc<B>,
+        settings: Settings,
+    ) -> Result<Self, SmtpError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| SmtpError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::from_listener(listener, backend, Arc::new(settings)))
+    }
+
+    /// A smtpd on a listener bound earlier.
+    pub fn from_listener(listener: TcpListener, backend: Arc<B>, settings: Arc<Settings>) -> Self {
+        Smtpd {
+            listener,
+            backend,
+            settings,
+        }
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `cancel`; then tells open sessions to finish (421) and
+    /// waits for them.
+    pub async fn run(self, cancel: CancellationToken) {
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let mut sessions = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = cancel.cancelled() => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "smtpd accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let ip = peer.ip();
+            let trusted = crate::policy::in_networks(&self.settings.mynetworks, ip);
+            let admitted = {
+                let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+                let here = c.per_ip.get(&ip).copied().unwrap_or(0);
+                if c.total >= self.settings.smtpd_max_connections {
+                    Err("too many connections")
+                } else if !trusted && here >= self.settings.smtpd_client_connection_count_limit {
+                    Err("too many connections from your address")
+                } else {
+                    c.total += 1;
+                    *c.per_ip.entry(ip).or_default() += 1;
+                    Ok(c.total)
+                }
+            };
+            match admitted {
+                Err(why) => {
+                    tracing::warn!(target: "postfix/smtpd", "warning: Connection concurrency limit exceeded: {why}: unknown[{ip}]");
+                    let text = format!("421 4.7.0 {} Error: {why}\r\n", self.settings.hostname);
+                    sessions.spawn(refuse(stream, text));
+                }
+                Ok(total) => {
+                    let slot = Slot {
+                        counts: counts.clone(),
+                        ip,
+                    };
+                    // Postfix's stress mode: past 80 % of the limit, idle
+                    // clients get short timeouts.
+                    let stressed = total * 5 > self.settings.smtpd_max_connections * 4;
+                    let session = Session::new(
+                        self.backend.clone(),
+                        self.settings.clone(),
+                        Box::new(stream),
+                        peer,
+                        cancel.child_token(),
+                        stressed,
+                    );
+                    sessions.spawn(async move {
+                        let _slot = slot;
+                        session.run().await;
+                    });
+                }
+            }
+        }
+        while sessions.join_next().await.is_some() {}
+    }
+}
+
+async fn refuse(mut stream: TcpStream, text: String) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = stream.write_all(text.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
