@@ -3,6 +3,8 @@
 //! real signals. Waits poll a condition with a bound on the count, never a
 //! fixed sleep.
 
+pub mod smtp;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -58,8 +60,14 @@ pub struct Node {
 /// raft timing for a single node.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("hamail.toml");
+    // SMTP on an ephemeral port unless the test names its own.
+    let smtp = if extra.contains("[smtp]") {
+        ""
+    } else {
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n"
+    };
     let text = format!(
-        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n{extra}",
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n{smtp}{extra}",
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -69,7 +77,12 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 impl Node {
     /// A node with a test config in a fresh directory under `dir`.
     pub fn with_config(dir: &Path) -> Node {
-        let config = write_config(dir, "");
+        Self::with_config_extra(dir, "")
+    }
+
+    /// Like `with_config`, with more TOML at the end of the file.
+    pub fn with_config_extra(dir: &Path, extra: &str) -> Node {
+        let config = write_config(dir, extra);
         Node {
             dir: dir.to_path_buf(),
             config: Some(config),
@@ -92,10 +105,11 @@ impl Node {
              write_timeout_ms = 4000\n{extra}\n\
              [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\
              [dns]\nlisten = [\"127.0.0.1{i}:{dns_port}\"]\n\n\
-             [smtp]\nlisten = [\"127.0.0.1{i}:2525\"]\n\n\
+             [smtp]\nlisten = [\"127.0.0.1{i}:{smtp_port}\"]\n\n\
              [metrics]\nlisten = \"127.0.0.1{i}:0\"\n",
             data = dir.join("data").display(),
             dns_port = Self::dns_port(rpc_port),
+            smtp_port = Self::smtp_port(rpc_port),
         );
         std::fs::write(&path, text).unwrap();
         Node {
@@ -109,6 +123,16 @@ impl Node {
     /// The DNS port of the members of a test cluster with this RPC port.
     pub fn dns_port(rpc_port: u16) -> u16 {
         rpc_port + 1000
+    }
+
+    /// The SMTP port of the members of a test cluster with this RPC port.
+    pub fn smtp_port(rpc_port: u16) -> u16 {
+        rpc_port + 2000
+    }
+
+    /// The SMTP address of a cluster member made by `cluster_member`.
+    pub fn smtp_addr(i: u8, rpc_port: u16) -> String {
+        format!("127.0.0.1{i}:{}", Self::smtp_port(rpc_port))
     }
 
     /// The RPC address of a cluster member made by `cluster_member`.
@@ -274,6 +298,41 @@ impl Drop for Node {
             let _ = child.wait();
         }
     }
+}
+
+/// Forms a cluster: node 1 `cluster init`, the others `cluster join`.
+pub fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=n)
+        .map(|i| Node::cluster_member(dir, i, port, extra))
+        .collect();
+    nodes[0].start_waiting();
+    assert!(
+        nodes[0].status().unwrap()["raft"].is_null(),
+        "waits for init"
+    );
+    let out = nodes[0].ok(&["cluster", "init"]);
+    assert!(out.contains("initialized cluster"), "{out}");
+    nodes[0].wait_ready();
+    // Init again is a no-op.
+    let out = nodes[0].ok(&["cluster", "init"]);
+    assert!(out.contains("already initialized"), "{out}");
+    let seed = Node::rpc_addr(1, port);
+    for node in nodes.iter_mut().skip(1) {
+        let token = nodes_token(&seed, dir, port);
+        node.start_waiting();
+        let out = node.ok(&["cluster", "join", &seed, "--token", &token]);
+        assert!(out.contains("now a voter"), "{out}");
+        node.wait_ready();
+    }
+    nodes
+}
+
+/// A fresh token from node 1 (whatever process runs it now).
+pub fn nodes_token(_seed: &str, dir: &Path, port: u16) -> String {
+    let n1 = Node::cluster_member(dir, 1, port, "");
+    n1.ok(&["cluster", "token", "--ttl", "10m"])
+        .trim()
+        .to_string()
 }
 
 /// Output helpers.

@@ -4,44 +4,7 @@
 //! past a log purge, hostile tokens and certificates, a dead node replaced,
 //! and a node left without quorum.
 
-use std::path::Path;
-
-use hamail_tests::{Node, stderr, wait_for};
-
-/// Forms a cluster: node 1 `cluster init`, the others `cluster join`.
-fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
-    let mut nodes: Vec<Node> = (1..=n)
-        .map(|i| Node::cluster_member(dir, i, port, extra))
-        .collect();
-    nodes[0].start_waiting();
-    assert!(
-        nodes[0].status().unwrap()["raft"].is_null(),
-        "waits for init"
-    );
-    let out = nodes[0].ok(&["cluster", "init"]);
-    assert!(out.contains("initialized cluster"), "{out}");
-    nodes[0].wait_ready();
-    // Init again is a no-op.
-    let out = nodes[0].ok(&["cluster", "init"]);
-    assert!(out.contains("already initialized"), "{out}");
-    let seed = Node::rpc_addr(1, port);
-    for node in nodes.iter_mut().skip(1) {
-        let token = nodes_token(&seed, dir, port);
-        node.start_waiting();
-        let out = node.ok(&["cluster", "join", &seed, "--token", &token]);
-        assert!(out.contains("now a voter"), "{out}");
-        node.wait_ready();
-    }
-    nodes
-}
-
-/// A fresh token from node 1 (whatever process runs it now).
-fn nodes_token(_seed: &str, dir: &Path, port: u16) -> String {
-    let n1 = Node::cluster_member(dir, 1, port, "");
-    n1.ok(&["cluster", "token", "--ttl", "10m"])
-        .trim()
-        .to_string()
-}
+use hamail_tests::{Node, form_cluster, stderr, wait_for};
 
 fn domains(node: &Node) -> Vec<String> {
     node.json(&["domain", "list", "--json"])
