@@ -73,6 +73,14 @@ impl Store {
         })
     }
 
+    /// Stops RocksDB's flushes and compactions and waits for them: called
+    /// last at shutdown, so the process never exits with a background job
+    /// running (RocksDB aborts in its static destructors then). The data is
+    /// safe without them: the WAL holds every write.
+    pub fn stop_background_work(&self) {
+        self.inner.db.cancel_all_background_work(true);
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

@@ -212,6 +212,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = dns.await;
     let _ = smtp.await;
     cluster.shutdown().await;
+    cluster.store().stop_background_work();
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
