@@ -57,6 +57,25 @@ fn ensure_tool(bin: &str, package: &str) {
     assert!(ok, "cannot install {package}");
 }
 
+/// Postfix's test clients (smtp-source), without a system Postfix.
+fn ensure_postfix_tools() {
+    if std::path::Path::new("/usr/sbin/smtp-source").exists() {
+        return;
+    }
+    let mut p = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(b"postfix postfix/main_mailer_type select No configuration\n")
+        .unwrap();
+    p.wait().unwrap();
+    ensure_tool("smtp-source", "postfix");
+}
+
 fn session(addr: &str) -> SmtpClient {
     let (mut c, greeting) = SmtpClient::connect(addr).unwrap();
     assert!(greeting.is(220), "{greeting:?}");
@@ -520,6 +539,33 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
             .contains("user@example.jp")
             .then_some(())
     });
+    // Postfix's smtp-source against all three nodes at once: every message
+    // ends up in the queue of every node.
+    ensure_postfix_tools();
+    let sources: Vec<std::process::Child> = (1..=3)
+        .map(|i| {
+            let target = Node::smtp_addr(i, rpc);
+            wait_for("the node to take mail", || {
+                let (mut c, g) = SmtpClient::connect(&target).ok()?;
+                (g.is(220) && c.cmd("EHLO client.example").ok()?.is(250)).then_some(())
+            });
+            Command::new("/usr/sbin/smtp-source")
+                .args(["-s", "5", "-m", "100", "-l", "2048"])
+                .args(["-f", "sender@client.example", "-t", "user@example.jp"])
+                .arg(&target)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut s in sources {
+        assert!(s.wait().unwrap().success(), "smtp-source failed");
+    }
+    for n in &nodes {
+        wait_for("300 messages on every node", || {
+            (queue_ids(n).len() >= 300).then_some(())
+        });
+    }
+
     let mut open = wait_for("node 1 to take mail", || {
         let (mut c, g) = SmtpClient::connect(&addr).ok()?;
         (g.is(220) && c.cmd("EHLO client.example").ok()?.is(250)).then_some(c)

@@ -145,6 +145,20 @@ impl<B: Backend> Smtpd<B> {
     }
 }
 
+/// Runs one session over any byte stream (a socket, or an in-memory pipe
+/// in tests) until it ends.
+pub async fn serve_stream<B: Backend>(
+    backend: Arc<B>,
+    settings: Arc<Settings>,
+    io: Box<dyn crate::IoStream>,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) {
+    Session::new(backend, settings, io, peer, cancel, false)
+        .run()
+        .await;
+}
+
 async fn refuse(mut stream: TcpStream, text: String) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = stream.write_all(text.as_bytes()).await;

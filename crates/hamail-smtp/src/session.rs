@@ -564,6 +564,9 @@ impl<B: Backend> Session<B> {
                 }
             }
         };
+        if !raw.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
+            return !self.error("553 5.6.7 Must declare SMTPUTF8 to send a UTF-8 address");
+        }
         if !self.backend.has_quorum() {
             return !self.error(
                 "451 4.3.0 Error: this site cannot reach a majority of the cluster, try again later",
@@ -587,6 +590,9 @@ impl<B: Backend> Session<B> {
             return !self.error("452 4.5.3 Error: too many recipients");
         }
         let raw = Self::raw_path(line);
+        if !raw.is_ascii() && !txn.smtputf8 {
+            return !self.error("553 5.6.7 Must declare SMTPUTF8 to send a UTF-8 address");
+        }
         let shown = printable(&raw);
         let from = txn
             .sender

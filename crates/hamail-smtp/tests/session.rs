@@ -1,0 +1,197 @@
+//! Sessions over an in-memory pipe with a fake backend: what the smtpd
+//! answers and what it hands to the queue, without sockets or raft.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hamail_smtp::{Backend, EnqueueError, Settings, Tables, serve_stream};
+use hamail_types::{DomainKind, DomainName, MailAddress, NewMessage, NodeId};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Fake {
+    queued: Mutex<Vec<NewMessage>>,
+    no_quorum: AtomicBool,
+    fail_enqueue: AtomicBool,
+}
+
+impl Tables for Fake {
+    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+        Ok((d.as_str() == "example.jp").then_some(DomainKind::Relay))
+    }
+    fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
+        Ok(a.local() == "user" || a.local() == "ユーザー")
+    }
+    fn alias_known(&self, _: &MailAddress) -> Result<bool, String> {
+        Ok(false)
+    }
+}
+
+impl Backend for Fake {
+    fn node_id(&self) -> NodeId {
+        7
+    }
+    fn has_quorum(&self) -> bool {
+        !self.no_quorum.load(Ordering::Relaxed)
+    }
+    async fn enqueue(&self, m: NewMessage) -> Result<(), EnqueueError> {
+        if self.fail_enqueue.load(Ordering::Relaxed) {
+            return Err(EnqueueError::NoQuorum("test".into()));
+        }
+        self.queued.lock().unwrap().push(m);
+        Ok(())
+    }
+}
+
+struct Client {
+    r: BufReader<ReadHalf<DuplexStream>>,
+    w: WriteHalf<DuplexStream>,
+}
+
+impl Client {
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).await.unwrap() == 0 {
+                return all;
+            }
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+    async fn cmd(&mut self, line: &str) -> String {
+        self.w
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+}
+
+fn start(fake: Arc<Fake>) -> Client {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut settings = Settings::with_defaults("mx.test");
+    settings.message_size_limit = 4096;
+    tokio::spawn(serve_stream(
+        fake,
+        Arc::new(settings),
+        Box::new(theirs),
+        "192.0.2.9:40000".parse().unwrap(),
+        CancellationToken::new(),
+    ));
+    let (r, w) = tokio::io::split(ours);
+    Client {
+        r: BufReader::new(r),
+        w,
+    }
+}
+
+#[tokio::test]
+async fn a_message_reaches_the_queue_with_envelope_and_received_header() {
+    let fake = Arc::new(Fake::default());
+    let mut c = start(fake.clone());
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250-mx.test"));
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<user@example.jp>").await.starts_with("250"));
+    // Outside mynetworks (192.0.2.9): no relaying.
+    assert!(
+        c.cmd("RCPT TO:<x@other.test>")
+            .await
+            .starts_with("554 5.7.1")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let r = c.cmd("Subject: t\r\n\r\n..dot\r\n.").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let q = fake.queued.lock().unwrap();
+    let m = &q[0];
+    assert_eq!(m.sender, None);
+    assert_eq!(m.owner, 7);
+    assert_eq!(m.client, "unknown[192.0.2.9]");
+    assert!(r.contains(m.queue_id.as_str()));
+    let body = String::from_utf8(m.body.clone()).unwrap();
+    assert!(body.starts_with(
+        "Received: from client.test (unknown [192.0.2.9])\r\n\tby mx.test (hamail) with ESMTP id "
+    ));
+    assert!(body.ends_with("Subject: t\r\n\r\n.dot\r\n"), "{body:?}");
+}
+
+#[tokio::test]
+async fn utf8_addresses_need_smtputf8() {
+    let fake = Arc::new(Fake::default());
+    let mut c = start(fake.clone());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert!(
+        c.cmd("MAIL FROM:<送信者@例え.jp>")
+            .await
+            .starts_with("553 5.6.7")
+    );
+    assert!(c.cmd("MAIL FROM:<a@client.test>").await.starts_with("250"));
+    assert!(
+        c.cmd("RCPT TO:<ユーザー@example.jp>")
+            .await
+            .starts_with("553 5.6.7")
+    );
+    c.cmd("RSET").await;
+    assert!(
+        c.cmd("MAIL FROM:<a@client.test> SMTPUTF8")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<ユーザー@example.jp>")
+            .await
+            .starts_with("250")
+    );
+}
+
+#[tokio::test]
+async fn no_quorum_means_421_and_a_failed_commit_means_451() {
+    let fake = Arc::new(Fake::default());
+    fake.no_quorum.store(true, Ordering::Relaxed);
+    let mut c = start(fake.clone());
+    assert!(c.reply().await.starts_with("421 4.3.2"));
+    assert_eq!(c.reply().await, "", "closed after 421");
+
+    fake.no_quorum.store(false, Ordering::Relaxed);
+    fake.fail_enqueue.store(true, Ordering::Relaxed);
+    let mut c = start(fake.clone());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@client.test>").await;
+    c.cmd("RCPT TO:<user@example.jp>").await;
+    c.cmd("DATA").await;
+    assert!(c.cmd("x\r\n.").await.starts_with("451 4.3.0"));
+    assert!(fake.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn oversize_and_smuggled_bodies_are_not_queued() {
+    let fake = Arc::new(Fake::default());
+    let mut c = start(fake.clone());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert!(
+        c.cmd("MAIL FROM:<a@client.test> SIZE=5000")
+            .await
+            .starts_with("552 5.3.4")
+    );
+    c.cmd("MAIL FROM:<a@client.test>").await;
+    c.cmd("RCPT TO:<user@example.jp>").await;
+    c.cmd("DATA").await;
+    let big = "x".repeat(5000);
+    assert!(c.cmd(&format!("{big}\r\n.")).await.starts_with("552 5.3.4"));
+    c.cmd("MAIL FROM:<a@client.test>").await;
+    c.cmd("RCPT TO:<user@example.jp>").await;
+    c.cmd("DATA").await;
+    c.w.write_all(b"a\n.\nMAIL FROM:<evil@x.test>\r\n")
+        .await
+        .unwrap();
+    assert!(c.reply().await.starts_with("521 5.5.2"));
+    assert!(fake.queued.lock().unwrap().is_empty());
+}
