@@ -28,6 +28,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Every SMTP and DNS-over-TCP session holds a descriptor: take the hard
+    // limit rather than the shell's soft 1024, as Postfix's master does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hamail")
