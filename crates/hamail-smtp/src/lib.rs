@@ -6,6 +6,7 @@
 
 mod data;
 mod headers;
+pub mod outbound;
 mod policy;
 mod server;
 mod session;

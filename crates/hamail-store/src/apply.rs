@@ -323,6 +323,12 @@ impl<'a> Applier<'a> {
             Command::QueueDelete { which } => self.queue_delete(which),
             Command::QueueHold { which, hold } => self.queue_hold(which, *hold),
             Command::QueueFlush { which } => self.queue_flush(which, time_ms),
+            Command::QueueResult {
+                queue_id,
+                epoch,
+                results,
+            } => self.queue_result(queue_id, *epoch, results),
+            Command::QueueReassign { from, to } => self.queue_reassign(*from, to),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),

@@ -360,6 +360,12 @@ impl Store {
             .transpose()
     }
 
+    pub fn transport(&self, d: &DomainName) -> Result<Option<TransportRecord>> {
+        self.get(Table::Transports, d.as_str().as_bytes())?
+            .map(|v| decode("transport", &v))
+            .transpose()
+    }
+
     pub fn transports(&self) -> Result<Vec<(DomainName, TransportRecord)>> {
         self.keyed_rows(Table::Transports, b"", domain_from_key, "transport")
     }

@@ -137,6 +137,75 @@ impl Applier<'_> {
     }
 }
 
+impl Applier<'_> {
+    pub(crate) fn queue_result(
+        &mut self,
+        queue_id: &QueueId,
+        epoch: u64,
+        results: &[(hamail_types::MailAddress, RecipientStatus)],
+    ) -> Result<Outcome> {
+        let key = queue_id.as_str().as_bytes().to_vec();
+        let Some(mut e) = self.get_typed::<QueueEntry>(Table::Queue, &key, "queue entry")? else {
+            return Ok(Outcome::rejected(format!(
+                "no such message in the queue: {queue_id}"
+            )));
+        };
+        if e.epoch != epoch {
+            return Ok(Outcome::rejected(format!(
+                "{queue_id}: stale lease epoch {epoch} (the message is now node {}'s, epoch {}): result refused",
+                e.owner, e.epoch
+            )));
+        }
+        for (address, status) in results {
+            // A final recipient stays final (a late duplicate changes nothing).
+            if let Some(r) = e
+                .recipients
+                .iter_mut()
+                .find(|r| &r.address == address && !r.status.is_final())
+            {
+                r.status = status.clone();
+            }
+        }
+        if e.recipients.iter().all(|r| r.status.is_final()) {
+            self.delete(Table::Bodies, key.clone());
+            self.delete(Table::Queue, key);
+            return Ok(Outcome::applied(format!("{queue_id}: removed")));
+        }
+        self.put(Table::Queue, key, &e);
+        Ok(Outcome::applied(format!("{queue_id}: updated")))
+    }
+
+    pub(crate) fn queue_reassign(
+        &mut self,
+        from: hamail_types::NodeId,
+        to: &[hamail_types::NodeId],
+    ) -> Result<Outcome> {
+        let mut moved = 0usize;
+        for key in self.keys_with_prefix(Table::Queue, b"")? {
+            let Some(mut e) = self.get_typed::<QueueEntry>(Table::Queue, &key, "queue entry")?
+            else {
+                continue;
+            };
+            if e.owner != from {
+                continue;
+            }
+            e.owner = to[moved % to.len()];
+            e.epoch += 1;
+            moved += 1;
+            self.put(Table::Queue, key, &e);
+        }
+        Ok(Outcome::applied(format!(
+            "{moved} message{} of node {from} handed to node{} {}",
+            if moved == 1 { "" } else { "s" },
+            if to.len() == 1 { "" } else { "s" },
+            to.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
 impl Store {
     /// Every queued message, in queue-id (arrival) order.
     pub fn queue_entries(&self) -> Result<Vec<QueueEntry>> {

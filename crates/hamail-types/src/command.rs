@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{NewMessage, QueueSelector};
+use crate::queue::{NewMessage, QueueId, QueueSelector, RecipientStatus};
 use crate::zone::{self, ZoneRecord};
 use crate::{DomainName, MailAddress, NodeId, TransportSpec, TypesError};
 
@@ -160,6 +160,20 @@ pub enum Command {
     QueueFlush {
         which: QueueSelector,
     },
+    /// The outcome of a delivery attempt, made under lease `epoch`: refused
+    /// if the message has since been given to another owner (fencing). When
+    /// every recipient is final the message and its body leave the queue.
+    QueueResult {
+        queue_id: QueueId,
+        epoch: u64,
+        results: Vec<(MailAddress, RecipientStatus)>,
+    },
+    /// Gives the unfinished messages owned by `from` (gone longer than the
+    /// lease) to the nodes `to`, round robin in queue order, epoch + 1.
+    QueueReassign {
+        from: NodeId,
+        to: Vec<NodeId>,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -247,6 +261,12 @@ impl Command {
                 bad("the SOA cannot be deleted (delete the zone instead)".into())
             }
             Command::QueueInsert { message } => message.validate(),
+            Command::QueueResult { results, .. } if results.is_empty() => {
+                bad("a delivery result names no recipient".into())
+            }
+            Command::QueueReassign { from, to } if to.is_empty() || to.contains(from) => {
+                bad(format!("messages of node {from} need other nodes to go to"))
+            }
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -296,7 +316,9 @@ impl Command {
             | Command::QueueInsert { .. }
             | Command::QueueDelete { .. }
             | Command::QueueHold { .. }
-            | Command::QueueFlush { .. } => None,
+            | Command::QueueFlush { .. }
+            | Command::QueueResult { .. }
+            | Command::QueueReassign { .. } => None,
         }
     }
 }

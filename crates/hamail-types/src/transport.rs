@@ -12,7 +12,6 @@ use crate::{DomainName, TypesError};
 
 /// Where a transport connects to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum NextHop {
     Domain(DomainName),
     Ip(IpAddr),

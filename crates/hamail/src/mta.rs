@@ -11,13 +11,20 @@ use std::time::Duration;
 use anyhow::Context;
 use hamail_config::Config;
 use hamail_raft::{Cluster, ProposeError, RaftNode};
+use hamail_smtp::outbound::client::{ClientOptions, TlsLevel};
+use hamail_smtp::outbound::{DeliverySettings, QueueStore};
 use hamail_smtp::{Backend, EnqueueError, Settings, Smtpd, Tables};
 use hamail_store::Store;
-use hamail_types::{Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome};
+use hamail_types::{
+    Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, QueueEntry, QueueId,
+    RecipientStatus, TransportSpec,
+};
 use tokio_util::sync::CancellationToken;
 
 pub struct ClusterBackend {
     store: Store,
+    /// This node's own SMTP listen addresses (never a delivery target).
+    own_listen: Vec<SocketAddr>,
     /// Set once this node is in a cluster (at start, or after init/join).
     node: OnceLock<Arc<RaftNode>>,
 }
@@ -89,6 +96,222 @@ impl Backend for ClusterBackend {
     }
 }
 
+impl QueueStore for ClusterBackend {
+    fn node_id(&self) -> NodeId {
+        Backend::node_id(self)
+    }
+
+    fn may_deliver(&self) -> bool {
+        self.has_quorum()
+    }
+
+    fn due(&self, now_ms: u64) -> Result<Vec<QueueEntry>, String> {
+        let me = Backend::node_id(self);
+        let all = self.store.queue_entries().map_err(|e| e.to_string())?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.owner == me && !e.held)
+            .filter(|e| {
+                e.recipients.iter().any(|r| match &r.status {
+                    RecipientStatus::Pending => true,
+                    RecipientStatus::Deferred { next_try_ms, .. } => *next_try_ms <= now_ms,
+                    _ => false,
+                })
+            })
+            .collect())
+    }
+
+    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, String> {
+        self.store.queue_body(id).map_err(|e| e.to_string())
+    }
+
+    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+        Tables::domain_kind(self, d)
+    }
+
+    fn transport(
+        &self,
+        d: &DomainName,
+    ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, String> {
+        self.store
+            .transport(d)
+            .map(|t| t.map(|t| (t.spec, t.fallback)))
+            .map_err(|e| e.to_string())
+    }
+
+    fn own_smtp_addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self.own_listen.clone();
+        if let Ok(nodes) = self.store.nodes() {
+            out.extend(
+                nodes
+                    .iter()
+                    .filter(|(_, n)| !n.removed)
+                    .filter_map(|(_, n)| n.info.smtp_addr.parse::<SocketAddr>().ok()),
+            );
+        }
+        out
+    }
+
+    async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, String> {
+        let Some(node) = self.node().cloned() else {
+            return Err("this node is not in a cluster yet".into());
+        };
+        node.propose(commands).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The queue manager's settings from `[delivery]` (and the SMTP host name).
+pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
+    let d = &cfg.delivery;
+    let hostname = if cfg.smtp.hostname.is_empty() {
+        cfg.node.name.clone()
+    } else {
+        cfg.smtp.hostname.clone()
+    };
+    let resolver = if d.resolver.is_empty() {
+        hickory_resolver::TokioResolver::builder_tokio()
+            .context("cannot read the system resolver configuration (delivery.resolver)")?
+            .build()
+            .context("cannot start the resolver")?
+    } else {
+        let addr: SocketAddr = d.resolver.parse().context("delivery.resolver")?;
+        let mut udp = hickory_resolver::config::ConnectionConfig::udp();
+        udp.port = addr.port();
+        let mut tcp = hickory_resolver::config::ConnectionConfig::tcp();
+        tcp.port = addr.port();
+        let ns = hickory_resolver::config::NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+        let rc = hickory_resolver::config::ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let mut b = hickory_resolver::TokioResolver::builder_with_config(
+            rc,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        );
+        // Tests and operators change MX records and expect the next try to
+        // see them: keep answers briefly.
+        b.options_mut().cache_size = 0;
+        b.build().context("cannot start the resolver")?
+    };
+    let (tls_any, tls_verify) =
+        hamail_smtp::outbound::tls_client::client_configs(&d.smtp_tls_ca_file)?;
+    let level = |s: &str| s.parse::<TlsLevel>().map_err(anyhow::Error::msg);
+    let sasl_passwords = if d.smtp_sasl_password_maps.is_empty() {
+        Default::default()
+    } else {
+        hamail_smtp::outbound::load_password_map(Path::new(&d.smtp_sasl_password_maps))
+            .map_err(anyhow::Error::msg)
+            .context("delivery.smtp_sasl_password_maps")?
+    };
+    Ok(DeliverySettings {
+        hostname: hostname.clone(),
+        relayhost: d.relay(&d.relayhost),
+        smtp_fallback_relay: d
+            .smtp_fallback_relay
+            .iter()
+            .filter_map(|r| d.relay(r))
+            .collect(),
+        smtp_port: d.smtp_port,
+        client: ClientOptions {
+            helo_name: hostname,
+            lmtp: false,
+            connect_timeout: Duration::from_secs(d.smtp_connect_timeout_secs),
+            command_timeout: Duration::from_secs(d.smtp_timeout_secs),
+            tls: level(&d.smtp_tls_security_level)?,
+            tls_any,
+            tls_verify,
+            sasl: None,
+        },
+        tls_policy: d
+            .smtp_tls_policy
+            .iter()
+            .map(|(k, v)| Ok((k.to_ascii_lowercase(), level(v)?)))
+            .collect::<anyhow::Result<_>>()?,
+        sasl_passwords,
+        destination_concurrency: d.default_destination_concurrency_limit,
+        total_concurrency: d.delivery_concurrency,
+        minimal_backoff: Duration::from_secs(d.minimal_backoff_time_secs),
+        maximal_backoff: Duration::from_secs(d.maximal_backoff_time_secs),
+        maximal_queue_lifetime: Duration::from_secs(d.maximal_queue_lifetime_secs),
+        bounce_queue_lifetime: Duration::from_secs(d.bounce_queue_lifetime_secs),
+        resolver,
+    })
+}
+
+/// On the leader: every `lease_check_interval_secs`, hands the messages of
+/// owners unreachable for `lease_secs` (or no longer members) to the live
+/// nodes, epoch + 1.
+pub async fn lease_keeper(
+    backend: Arc<ClusterBackend>,
+    lease: Duration,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut leader_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let Some(node) = backend.node().cloned() else {
+            continue;
+        };
+        let status = node.status();
+        if status.leader != Some(node.node_id()) {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < lease {
+            // A new leader has not watched anyone for a whole lease yet.
+            continue;
+        }
+        let me = node.node_id();
+        let alive = |id: u64| {
+            id == me
+                || node
+                    .contacts()
+                    .since(id)
+                    .is_some_and(|c| c < Duration::from_millis(3000).max(lease / 10))
+        };
+        let live: Vec<u64> = status
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| alive(*id))
+            .collect();
+        let lost = |id: u64| {
+            id != me
+                && (!status.nodes.contains_key(&id)
+                    || node.contacts().since(id).is_none_or(|c| c >= lease))
+        };
+        let owners: std::collections::BTreeSet<u64> = match backend.store.queue_entries() {
+            Ok(q) => q.iter().map(|e| e.owner).collect(),
+            Err(_) => continue,
+        };
+        for owner in owners.into_iter().filter(|o| lost(*o)) {
+            let to: Vec<u64> = live.iter().copied().filter(|n| *n != owner).collect();
+            if to.is_empty() {
+                continue;
+            }
+            match node
+                .propose(vec![Command::QueueReassign {
+                    from: owner,
+                    to: to.clone(),
+                }])
+                .await
+            {
+                Ok(o) => tracing::warn!(
+                    target: "postfix/qmgr",
+                    "node {owner} unreachable for over {} s: {:?}",
+                    lease.as_secs(),
+                    o.first()
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, owner, "cannot hand over the messages of a lost node")
+                }
+            }
+        }
+    }
+}
+
 /// The smtpd settings from `[smtp]`, with STARTTLS set up (a self-signed
 /// certificate made on first start unless files are configured).
 fn settings(cfg: &Config, data_dir: &Path) -> anyhow::Result<Settings> {
@@ -151,6 +374,10 @@ pub fn smtpds(
 ) -> anyhow::Result<(Arc<ClusterBackend>, Vec<Smtpd<ClusterBackend>>)> {
     let backend = Arc::new(ClusterBackend {
         store,
+        own_listen: listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
         node: OnceLock::new(),
     });
     let settings = Arc::new(settings(cfg, data_dir)?);

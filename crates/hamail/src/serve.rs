@@ -103,6 +103,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let dns_sockets = DnsServer::bind(&cfg.dns.listen, cfg.dns.udp_workers).await?;
 
     let smtp_listeners = crate::mta::bind(&cfg).await?;
+    let delivery = crate::mta::delivery_settings(&cfg)?;
 
     let store = Store::open(&data_dir.join("db"))?;
     let (smtp_backend, smtpds) =
@@ -184,10 +185,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             udp_workers: cfg.dns.udp_workers,
         },
         cluster.store().clone(),
-        applied_rx,
+        applied_rx.clone(),
         cancel.clone(),
     );
-    let smtp = crate::mta::start(cluster.clone(), smtp_backend, smtpds, cancel.clone());
+    let smtp = crate::mta::start(
+        cluster.clone(),
+        smtp_backend.clone(),
+        smtpds,
+        cancel.clone(),
+    );
+    let qmgr = tokio::spawn(hamail_smtp::outbound::run_queue_manager(
+        smtp_backend.clone(),
+        Arc::new(delivery),
+        applied_rx.clone(),
+        cancel.clone(),
+    ));
+    let lease = tokio::spawn(crate::mta::lease_keeper(
+        smtp_backend,
+        Duration::from_secs(cfg.delivery.lease_secs),
+        Duration::from_secs(cfg.delivery.lease_check_interval_secs),
+        cancel.clone(),
+    ));
     let socket = data_dir.join(SOCKET_NAME);
     let admin = hamail_admin::serve(socket.clone(), ctx, cancel.clone())?;
     let metrics = tokio::spawn(crate::metrics::serve(
@@ -217,6 +235,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = metrics.await;
     let _ = dns.await;
     let _ = smtp.await;
+    let _ = qmgr.await;
+    let _ = lease.await;
     cluster.shutdown().await;
     cluster.store().stop_background_work();
     let _ = fs::remove_file(&socket);

@@ -1,0 +1,469 @@
+# shellcheck shell=bash
+# bench/lib-mta.sh: what bench/smtp.sh and bench/relay.sh share, sourced by
+# both: settings, package install, the hamail binary, the work directory and
+# its cleanup, a private Postfix instance, hamail nodes (config, start, stop,
+# one node or a three-node cluster) and the smtp-source load.
+#
+# The sourcing script sets first:
+#   here    the repository root
+#   bench   its name in messages ("bench/smtp"); also names the work dir
+# and may set, before calling the functions that read them:
+#   hamail_transport   a transport for bench.example on the hamail side
+#                      (`hamail transport set`); empty: none
+#   hamail_extra_config  lines appended to every node's hamail.toml
+# then calls mta_prepare (packages, binary, work dir, cleanup trap).
+#
+# Addresses, the same for both scripts (never run two at once): Postfix on
+# 127.0.0.20:2525, hamail on 127.0.0.21-23:2525 (RPC on :17500). Needs root
+# (Postfix runs its daemons as the postfix user).
+
+: "${here:?set by the sourcing script}" "${bench:?set by the sourcing script}"
+only="${ONLY:-}"
+case "$only" in "" | postfix | hamail) ;; *) echo "$bench: ONLY must be postfix or hamail" >&2; exit 2 ;; esac
+msgs="${MSGS:-5000}"
+sessions="${SESSIONS:-50}"
+size="${SIZE:-4096}"
+sender="sender@client.example"
+rcpt="rcpt@bench.example"
+pf_addr="127.0.0.20"
+smtp_port=2525
+rpc_port=17500
+bin="${HAMAIL_BIN:-}"
+hamail_transport="${hamail_transport:-}"
+hamail_extra_config="${hamail_extra_config:-}"
+run_postfix() { [ "$only" != hamail ]; }
+run_hamail() { [ "$only" != postfix ]; }
+
+[ "$(id -u)" = 0 ] || { echo "$bench: run as root (private Postfix needs it)" >&2; exit 1; }
+
+# ---------------------------------------------------------------- packages
+apt_get() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+}
+
+mta_packages() {
+    if [ ! -x /usr/sbin/smtp-source ] || ! command -v postfix >/dev/null 2>&1; then
+        echo "$bench: installing postfix (for smtp-source and the baseline)" >&2
+        # "No configuration": no /etc/postfix/main.cf, and the system instance
+        # is not started; only our private instance below runs.
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        apt_get postfix
+    fi
+    command -v python3 >/dev/null 2>&1 || apt_get python3
+}
+
+# ---------------------------------------------------------------- hamail binary
+mta_hamail_binary() {
+    run_hamail || return 0
+    if [ -z "$bin" ]; then
+        # shellcheck source=scripts/deps.sh
+        . "$here/scripts/deps.sh"   # clang for RocksDB; CARGO_TARGET_DIR
+        # The whole workspace, as the tests build it: a narrower build
+        # changes features and rebuilds RocksDB.
+        (cd "$here" && cargo build --quiet --workspace --all-targets)
+        bin="$CARGO_TARGET_DIR/debug/hamail"
+    fi
+    if [ ! -x "$bin" ]; then
+        echo "$bench: no hamail binary at $bin" >&2
+        exit 1
+    fi
+}
+
+# ---------------------------------------------------------------- work dir, cleanup
+pf_started=""
+hamail_pids=()
+declare -A hamail_dir   # pid -> node directory (for its log)
+helper_pids=()          # other background processes of the script (smtp-sink)
+
+# Waits up to $2 deciseconds for process $1 to exit.
+wait_gone() { local i; for i in $(seq 1 "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; return 1; }
+
+# SIGTERM to every hamail node started, then reap them; an unclean exit is
+# reported with the end of its log (the work directory is removed after).
+stop_hamail() {
+    local p s
+    for p in "${hamail_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${hamail_pids[@]}"; do
+        wait_gone "$p" 200 || { echo "$bench: hamail pid $p ignores SIGTERM, killing it" >&2; kill -KILL "$p" 2>/dev/null || true; }
+        s=0
+        wait "$p" 2>/dev/null || s=$?
+        if [ "$s" != 0 ]; then
+            echo "$bench: WARNING: hamail ${hamail_dir[$p]} (pid $p) exited with status $s; its log ends:" >&2
+            tail -5 "${hamail_dir[$p]}/serve.log" >&2 || true
+        fi
+    done
+    hamail_pids=()
+}
+
+# SIGTERM to process $1 (one of helper_pids), then reap it.
+stop_helper() {
+    local p=$1 q rest=()
+    kill -TERM "$p" 2>/dev/null || true
+    wait_gone "$p" 50 || kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    for q in "${helper_pids[@]}"; do [ "$q" = "$p" ] || rest+=("$q"); done
+    helper_pids=("${rest[@]}")
+}
+
+cleanup() {
+    local p
+    stop_hamail
+    for p in "${helper_pids[@]}"; do stop_helper "$p"; done
+    if [ -n "$pf_started" ]; then
+        # `postfix stop` only signals the master; wait for it (and so its
+        # children) to be gone before the queue is removed under them.
+        local mpid
+        mpid="$(tr -d ' ' < "$pf/queue/pid/master.pid" 2>/dev/null || true)"
+        postfix -c "$pf/etc" stop >/dev/null 2>&1 || true
+        [ -z "$mpid" ] || wait_gone "$mpid" 200 || echo "$bench: postfix master $mpid still running" >&2
+    fi
+    rm -rf "$work"
+}
+
+# Packages, the hamail binary (when hamail runs), the work directory
+# (/var/tmp/hamail-bench-NAME.XXXXXX, removed on exit) and the cleanup trap.
+mta_prepare() {
+    mta_packages
+    mta_hamail_binary
+    work="$(mktemp -d "/var/tmp/hamail-bench-${bench#bench/}.XXXXXX")"
+    # mktemp makes it 0700; Postfix daemons run as the postfix user and must
+    # reach the queue and log below it.
+    chmod 755 "$work"
+    pf="$work/postfix"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# ---------------------------------------------------------------- load
+declare -A best      # name -> best msg/s
+
+# Messages that load sends over $1 targets: MSGS split evenly, rounded up.
+load_total() { echo $(( (msgs + $1 - 1) / $1 * $1 )); }
+
+# smtp-source load over one or more HOST:PORT targets in parallel: MSGS
+# messages and SESSIONS sessions split evenly between them. smtp-source
+# opens a new connection per message (no -d), as most MTAs sending to an MX
+# do. Prints msg/s = messages sent / wall time of the slowest.
+load() {
+    local per_m=$(( (msgs + $# - 1) / $# )) per_s=$(( (sessions + $# - 1) / $# ))
+    local t0 t1 t pids=() rc=0 i=0 total
+    total="$(load_total $#)"
+    t0="$(date +%s.%N)"
+    for t in "$@"; do
+        timeout 600 /usr/sbin/smtp-source -s "$per_s" -m "$per_m" -l "$size" \
+            -f "$sender" -t "$rcpt" "$t" 2>"$work/smtp-source.$i.err" &
+        pids+=($!)
+        i=$((i + 1))
+    done
+    for t in "${pids[@]}"; do wait "$t" || rc=$?; done
+    t1="$(date +%s.%N)"
+    if [ "$rc" != 0 ]; then
+        echo "$bench: smtp-source failed (exit $rc):" >&2
+        cat "$work"/smtp-source.*.err | head -20 >&2
+        return 1
+    fi
+    awk -v n="$total" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", n / (b - a) }'
+}
+
+# Keeps the larger of two rates in best[$1].
+keep_best() { best[$1]="$(awk -v a="${best[$1]:-0}" -v b="$2" 'BEGIN { print (b > a ? b : a) }')"; }
+
+# The summary's name of a server.
+server_label() {
+    case $1 in postfix) echo "postfix" ;; hamail1) echo "hamail 1 node" ;; hamail3) echo "hamail 3 nodes" ;; *) echo "$1" ;; esac
+}
+
+# Waits (at most 30 s) for an SMTP greeting on $1:$2.
+wait_smtp() {
+    local i
+    for i in $(seq 1 300); do
+        timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 3 <&3" 2>/dev/null | grep -q 220 && return 0
+        sleep 0.1
+    done
+    echo "$bench: nothing greets on $1:$2" >&2
+    return 1
+}
+
+# ---------------------------------------------------------------- Postfix
+# `postfix -c DIR ARGS`. Postfix commands print errors on stderr only when
+# it is a terminal (else to syslog or maillog_file, neither of which exists
+# yet on a config error, so they would fail silently): give them a pty.
+pfx() {
+    if command -v script >/dev/null 2>&1; then
+        script -qec "postfix -c $pf/etc $*" /dev/null
+    else
+        postfix -c "$pf/etc" "$@"
+    fi
+}
+
+# postfix_setup [EXTRA]: the private instance, with the lines EXTRA added to
+# its main.cf (what mail does once accepted: deferred, or relayed).
+postfix_setup() {
+    mkdir -p "$pf/etc" "$pf/queue" "$pf/data"
+    local compat=2
+    # 3.6 is the level the current defaults belong to; older releases reject it.
+    awk -v v="$(postconf -dh mail_version)" 'BEGIN { split(v, p, "."); exit !(p[1] > 3 || (p[1] == 3 && p[2] >= 6)) }' && compat=3.6
+    cat > "$pf/etc/main.cf" <<EOT
+# Private benchmark instance: its own config, queue and data directory;
+# the system instance and /etc/postfix/main.cf are never used.
+compatibility_level = $compat
+queue_directory = $pf/queue
+data_directory = $pf/data
+mail_owner = postfix
+setgid_group = postdrop
+# postlogd writes here (must be under maillog_file_prefixes, i.e. /var).
+maillog_file = $pf/maillog
+syslog_name = postfix-bench
+# Not $pf_addr: Postfix insists that inet_interfaces addresses are configured
+# on an interface, and lo carries only 127.0.0.1/8. master.cf binds the
+# listener to $pf_addr:$smtp_port explicitly, which needs no such check.
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+# Fixed names: no DNS or hostname lookups at start (the net is loopback only).
+myhostname = postfix.bench.invalid
+mydomain = bench.invalid
+myorigin = \$myhostname
+append_dot_mydomain = no
+biff = no
+# Nothing is local: no aliases, no local recipients to look up.
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+# Accept for bench.example from loopback clients; check the recipient like
+# hamail does (its recipient table), with a built-in map (no postmap step).
+relay_domains = bench.example
+relay_recipient_maps = inline:{ $rcpt=ok }
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+# No reverse DNS of clients: hamail does none, and with no resolver it could
+# only stall.
+smtpd_peername_lookup = no
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+# fsync of queue files stays on (the default); the point is durable acceptance.
+${1:-}
+EOT
+    # Only the services accepting, queueing and relaying mail need, none
+    # chrooted (a chroot would need copies of /etc files in the queue
+    # directory).
+    cat > "$pf/etc/master.cf" <<EOT
+$pf_addr:$smtp_port inet n - n - - smtpd
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+relay     unix  - - n - - smtp
+smtp      unix  - - n - - smtp
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+EOT
+    # Creates the queue subdirectories with their owners and modes
+    # (maildrop and public are group postdrop), then starts the master.
+    pfx set-permissions >/dev/null
+    pfx check
+    pf_started=1
+    pfx start >/dev/null
+    wait_smtp "$pf_addr" "$smtp_port"
+}
+
+# Messages in the private queue (incoming, active, deferred, hold): distinct
+# queue IDs, not the "N Requests" total, which counts a message twice when
+# qmgr moves it (incoming -> active -> deferred) while showq scans.
+postfix_queued() {
+    postqueue -c "$pf/etc" -p |
+        awk '/^Mail queue is empty/ { next } /^[0-9A-Za-z]+[*!]?[ \t]/ { sub(/[*!]$/, "", $1); print $1 }' |
+        sort -u | wc -l
+}
+
+# empty_queue WHAT DELETE COUNT...: runs the command DELETE until the
+# command COUNT... prints 0, at most 20 times 0.5 s apart, so that each run
+# starts alike: no backlog, and no deferral or delivery work of the previous
+# run left to compete for the CPU. Repeated because a delete can miss a
+# message that moves (Postfix: active -> deferred) while it scans.
+empty_queue() {
+    local what=$1 delete=$2 i
+    shift 2
+    for i in $(seq 1 20); do
+        "$delete" >/dev/null 2>&1 || true
+        [ "$("$@")" = 0 ] && return 0
+        sleep 0.5
+    done
+    echo "$bench: WARNING: $what queue does not empty" >&2
+}
+
+postfix_delete_all() { postsuper -c "$pf/etc" -d ALL; }
+postfix_empty_queue() { empty_queue Postfix postfix_delete_all postfix_queued; }
+
+# ---------------------------------------------------------------- hamail
+# ==== hamail node configuration: adjust HERE as the [smtp] section settles ====
+# hamail_config DIR I BOOTSTRAP: node I (1-3) on 127.0.0.2I, SMTP on :2525,
+# cluster RPC on :17500, DNS and metrics on ephemeral ports (unused here).
+# [smtp] listen is a list, as in config/hamail.example.toml; hostname,
+# mynetworks and tls are the keys of the SMTP work in progress. No
+# [delivery] section: its defaults (opportunistic TLS) suit smtp-sink,
+# which offers no STARTTLS; a script can add one in hamail_extra_config.
+hamail_config() {
+    local dir=$1 i=$2 boot=$3
+    mkdir -p "$dir"
+    cat > "$dir/hamail.toml" <<EOT
+[node]
+name = "n$i"
+site = "site$i"
+data_dir = "$dir/data"
+# Postfix logs every message too: same work on both sides.
+log = "info,openraft=warn"
+
+[cluster]
+bootstrap = $boot
+# Loopback "sites": short raft timeouts are safe (cluster/local-3node).
+heartbeat_interval_ms = 50
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600
+
+[rpc]
+listen = "127.0.0.2$i:$rpc_port"
+
+[dns]
+listen = ["127.0.0.2$i:0"]
+
+[smtp]
+listen = ["127.0.0.2$i:$smtp_port"]
+submission_listen = ["127.0.0.2$i:1587"]
+hostname = "n$i.hamail.bench.invalid"
+mynetworks = ["127.0.0.0/8"]
+# No STARTTLS, as on the Postfix side (neither load client would use it).
+tls = false
+
+[metrics]
+listen = "127.0.0.2$i:0"
+EOT
+    [ -z "$hamail_extra_config" ] || printf '\n%s\n' "$hamail_extra_config" >> "$dir/hamail.toml"
+}
+# ==== end of hamail node configuration ====
+
+hcli() { local cfg=$1; shift; timeout 60 "$bin" --config "$cfg" "$@"; }
+
+# SMTP targets of the load: one node, and all three of the cluster.
+# shellcheck disable=SC2034  # used by the sourcing scripts
+single_target="127.0.0.21:$smtp_port"
+# shellcheck disable=SC2034
+cluster_targets=("127.0.0.21:$smtp_port" "127.0.0.22:$smtp_port" "127.0.0.23:$smtp_port")
+
+# Starts `hamail serve` on DIR/hamail.toml; waits (at most 30 s) until its
+# admin socket answers.
+hamail_start() {
+    local dir=$1 pid i
+    "$bin" --config "$dir/hamail.toml" serve 2>"$dir/serve.log" &
+    pid=$!
+    hamail_pids+=("$pid")
+    hamail_dir[$pid]="$dir"
+    for i in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$bench: hamail serve ($dir) exited:" >&2
+            tail -20 "$dir/serve.log" >&2
+            wait "$pid" 2>/dev/null || true
+            unset 'hamail_pids[-1]'   # reaped: nothing for stop_hamail to do
+            return 1
+        fi
+        hcli "$dir/hamail.toml" status --json >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "$bench: hamail serve ($dir) does not answer status" >&2
+    return 1
+}
+
+# Waits (at most 30 s) until the node knows a raft leader.
+hamail_wait_leader() {
+    local i
+    for i in $(seq 1 300); do
+        hcli "$1/hamail.toml" status --json 2>/dev/null | grep -q '"leader": [0-9]' && return 0
+        sleep 0.1
+    done
+    echo "$bench: hamail ($1) sees no leader" >&2
+    return 1
+}
+
+# Waits (at most 30 s) until the node has applied the benchmark recipient.
+hamail_wait_recipient() {
+    local i
+    for i in $(seq 1 300); do
+        hcli "$1/hamail.toml" recipient list --json 2>/dev/null | grep -q "\"$rcpt\"" && return 0
+        sleep 0.1
+    done
+    echo "$bench: hamail ($1) never saw $rcpt" >&2
+    return 1
+}
+
+# The same mail setup as the Postfix side: bench.example relayed, one known
+# recipient (what relay_domains and relay_recipient_maps say there), and
+# hamail_transport as its transport when set (transport_maps there). The
+# recipient goes last: a node that has it has applied the rest.
+hamail_mail_setup() {
+    hcli "$1/hamail.toml" domain add bench.example --kind relay >/dev/null
+    [ -z "$hamail_transport" ] || hcli "$1/hamail.toml" transport set bench.example "$hamail_transport" >/dev/null
+    hcli "$1/hamail.toml" recipient add "$rcpt" >/dev/null
+}
+
+# Messages in a node's queue table (its applied copy of the cluster queue).
+hamail_queued() {
+    hcli "$1/hamail.toml" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tables"]["queue"])'
+}
+
+# hamail_single_up DIR: one node in DIR, bootstrapped, mail set up, greeting.
+hamail_single_up() {
+    local d=$1
+    hamail_config "$d" 1 true
+    hamail_start "$d"
+    hamail_wait_leader "$d"
+    hamail_mail_setup "$d"
+    hamail_wait_recipient "$d"
+    wait_smtp 127.0.0.21 "$smtp_port"
+}
+
+# hamail_cluster_up BASE: three nodes in BASE/n1..n3. All three wait; node 1
+# is made the cluster with `cluster init`, the others join it with a token
+# each (the runbook's commands). Then mail set up, seen by all, greetings.
+hamail_cluster_up() {
+    local base=$1 i token
+    for i in 1 2 3; do
+        hamail_config "$base/n$i" "$i" false
+        hamail_start "$base/n$i"
+    done
+    hcli "$base/n1/hamail.toml" cluster init >/dev/null
+    hamail_wait_leader "$base/n1"
+    for i in 2 3; do
+        token="$(hcli "$base/n1/hamail.toml" cluster token --ttl 10m)"
+        hcli "$base/n$i/hamail.toml" cluster join "127.0.0.21:$rpc_port" --token "$token" >/dev/null
+        hamail_wait_leader "$base/n$i"
+    done
+    hamail_mail_setup "$base/n1"
+    for i in 1 2 3; do
+        hamail_wait_recipient "$base/n$i"
+        wait_smtp "127.0.0.2$i" "$smtp_port"
+    done
+}
+
+# Runs the sourcing script's bench_postfix, bench_hamail_single and
+# bench_hamail_cluster, as ONLY says.
+mta_run_all() {
+    if run_postfix; then bench_postfix; fi
+    if run_hamail; then
+        bench_hamail_single
+        bench_hamail_cluster
+    fi
+}

@@ -1,0 +1,662 @@
+//! The sending half of the MTA: a queue manager on every node delivers the
+//! messages this node owns (and only those: the owner holds the lease),
+//! and commits each attempt's per-recipient outcome with the lease epoch
+//! it was made under.
+
+pub mod client;
+pub mod dsn;
+pub mod maildir;
+pub mod route;
+pub mod tls_client;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hamail_types::{
+    Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, QueueEntry, QueueId,
+    RecipientStatus, TransportSpec,
+};
+use hickory_resolver::TokioResolver;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use client::{ClientOptions, Envelope, RcptOutcome, TlsLevel};
+
+/// What the queue manager needs from the cluster.
+pub trait QueueStore: Send + Sync + 'static {
+    fn node_id(&self) -> NodeId;
+    /// The lease holds: this node can commit (it reaches a majority).
+    fn may_deliver(&self) -> bool;
+    /// Messages owned by this node, not held, with a recipient due.
+    fn due(&self, now_ms: u64) -> Result<Vec<QueueEntry>, String>;
+    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, String>;
+    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String>;
+    fn transport(
+        &self,
+        d: &DomainName,
+    ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, String>;
+    /// Every node's SMTP address: delivering there would be a loop.
+    fn own_smtp_addrs(&self) -> Vec<SocketAddr>;
+    fn commit(
+        &self,
+        commands: Vec<Command>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, String>> + Send;
+}
+
+/// Delivery settings, with Postfix's names.
+#[derive(Clone)]
+pub struct DeliverySettings {
+    pub hostname: String,
+    pub relayhost: Option<TransportSpec>,
+    pub smtp_fallback_relay: Vec<TransportSpec>,
+    /// Port for MX and relay delivery without an explicit one (25).
+    pub smtp_port: u16,
+    pub client: ClientOptions,
+    /// Per destination (domain, host or `[host]:port`) TLS level.
+    pub tls_policy: BTreeMap<String, TlsLevel>,
+    /// `[host]:port` / `host` -> (user, password).
+    pub sasl_passwords: HashMap<String, (String, String)>,
+    pub destination_concurrency: usize,
+    pub total_concurrency: usize,
+    pub minimal_backoff: Duration,
+    pub maximal_backoff: Duration,
+    pub maximal_queue_lifetime: Duration,
+    pub bounce_queue_lifetime: Duration,
+    pub resolver: TokioResolver,
+}
+
+/// Parses a Postfix-style password map: `[host]:port user:password` lines,
+/// `#` comments. The file must be mode 0600 (or stricter).
+pub fn load_password_map(
+    path: &std::path::Path,
+) -> Result<HashMap<String, (String, String)>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}: a password map must not be readable by others (chmod 600 {})",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(key), Some(cred), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "{} line {}: expected `[host]:port user:password`",
+                path.display(),
+                i + 1
+            ));
+        };
+        let Some((user, pass)) = cred.split_once(':') else {
+            return Err(format!(
+                "{} line {}: expected user:password, got {cred:?}",
+                path.display(),
+                i + 1
+            ));
+        };
+        out.insert(
+            key.to_ascii_lowercase(),
+            (user.to_string(), pass.to_string()),
+        );
+    }
+    Ok(out)
+}
+
+/// How long a message tried here is left alone while this node's copy of
+/// it has not changed yet (the result is normally applied within
+/// milliseconds; a result that failed to commit is retried after this).
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Runs the queue manager until `cancel`: wakes when the applied log moves
+/// (new mail, a flush) or every second, and delivers what is due.
+pub async fn run_queue_manager<Q: QueueStore>(
+    store: Arc<Q>,
+    settings: Arc<DeliverySettings>,
+    mut applied: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    let in_flight: Arc<Mutex<HashSet<QueueId>>> = Arc::default();
+    // Messages whose result was committed but that this node may not have
+    // applied yet (a follower applies a moment after the leader): they are
+    // left alone while the local copy is still the one they were tried
+    // from, so a delivered message is not delivered twice.
+    let settling: Arc<Mutex<HashMap<QueueId, (QueueEntry, Instant)>>> = Arc::default();
+    let total = Arc::new(Semaphore::new(settings.total_concurrency.max(1)));
+    let per_dest: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = applied.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        }
+        if !store.may_deliver() {
+            continue;
+        }
+        let due = match store.due(now_ms()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the queue");
+                continue;
+            }
+        };
+        for entry in due {
+            {
+                let mut st = settling.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((before, at)) = st.get(&entry.queue_id) {
+                    if *before == entry && at.elapsed() < SETTLE {
+                        continue;
+                    }
+                    st.remove(&entry.queue_id);
+                }
+                let mut f = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if !f.insert(entry.queue_id.clone()) {
+                    continue;
+                }
+            }
+            let Ok(permit) = total.clone().acquire_owned().await else {
+                break;
+            };
+            let (store, settings, in_flight, per_dest, settling) = (
+                store.clone(),
+                settings.clone(),
+                in_flight.clone(),
+                per_dest.clone(),
+                settling.clone(),
+            );
+            tasks.spawn(async move {
+                let id = entry.queue_id.clone();
+                let before = entry.clone();
+                deliver_message(store.as_ref(), &settings, &per_dest, entry).await;
+                settling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), (before, Instant::now()));
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                drop(permit);
+            });
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The recipients of a message that are due now.
+fn due_recipients(e: &QueueEntry, now: u64) -> Vec<(MailAddress, u32)> {
+    e.recipients
+        .iter()
+        .filter_map(|r| match &r.status {
+            RecipientStatus::Pending => Some((r.address.clone(), 0)),
+            RecipientStatus::Deferred {
+                next_try_ms,
+                attempts,
+                ..
+            } if *next_try_ms <= now => Some((r.address.clone(), *attempts)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One attempt's result for one recipient, with where it went.
+struct Tried {
+    rcpt: MailAddress,
+    outcome: RcptOutcome,
+    relay: String,
+}
+
+async fn deliver_message<Q: QueueStore>(
+    store: &Q,
+    s: &DeliverySettings,
+    per_dest: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    entry: QueueEntry,
+) {
+    let id = entry.queue_id.clone();
+    let started = Instant::now();
+    let now = now_ms();
+    let body = match store.body(&id) {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(queue_id = %id, error = %e, "cannot read the body");
+            return;
+        }
+    };
+    let due = due_recipients(&entry, now);
+    let attempts: HashMap<MailAddress, u32> = due.iter().cloned().collect();
+    // Recipients of one message to the same next hop: one transaction.
+    let mut groups: BTreeMap<String, (Vec<TransportSpec>, Vec<MailAddress>)> = BTreeMap::new();
+    let mut tried: Vec<Tried> = Vec::new();
+    for (rcpt, _) in &due {
+        let domain = rcpt.domain();
+        let kind = store.domain_kind(domain).unwrap_or(None);
+        let transport = match store.transport(domain) {
+            Ok(t) => t,
+            Err(e) => {
+                tried.push(Tried {
+                    rcpt: rcpt.clone(),
+                    outcome: RcptOutcome::Temporary(format!("transport lookup failed: {e}")),
+                    relay: "none".into(),
+                });
+                continue;
+            }
+        };
+        match route::transports(
+            domain,
+            kind,
+            transport,
+            s.relayhost.as_ref(),
+            &s.smtp_fallback_relay,
+        ) {
+            Ok(specs) => {
+                let key = specs
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                groups
+                    .entry(key)
+                    .or_insert_with(|| (specs, Vec::new()))
+                    .1
+                    .push(rcpt.clone());
+            }
+            Err(e) => tried.push(Tried {
+                rcpt: rcpt.clone(),
+                outcome: if e.permanent {
+                    RcptOutcome::Permanent(e.reason)
+                } else {
+                    RcptOutcome::Temporary(e.reason)
+                },
+                relay: "none".into(),
+            }),
+        }
+    }
+    for (key, (specs, rcpts)) in groups {
+        let sem = {
+            let mut m = per_dest.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(s.destination_concurrency.max(1))))
+                .clone()
+        };
+        let Ok(_permit) = sem.acquire_owned().await else {
+            return;
+        };
+        tried.extend(deliver_group(store, s, &entry, &body, &specs, &rcpts).await);
+    }
+    commit_outcomes(store, s, &entry, &body, &attempts, tried, started).await;
+}
+
+/// Tries the transports in order for one group of recipients.
+async fn deliver_group<Q: QueueStore>(
+    store: &Q,
+    s: &DeliverySettings,
+    entry: &QueueEntry,
+    body: &[u8],
+    specs: &[TransportSpec],
+    rcpts: &[MailAddress],
+) -> Vec<Tried> {
+    let mut last = (String::from("no transport"), false, String::from("none"));
+    for spec in specs {
+        match spec {
+            TransportSpec::Maildir { path } => {
+                return deliver_maildir(s, entry, body, &PathBuf::from(path), rcpts).await;
+            }
+            TransportSpec::LmtpUnix { path } => {
+                last = (
+                    format!(
+                        "LMTP over the Unix socket {path} is not supported; use lmtp:HOST:PORT"
+                    ),
+                    false,
+                    "none".into(),
+                );
+            }
+            TransportSpec::Smtp { .. } | TransportSpec::Lmtp { .. } => {
+                let lmtp = matches!(spec, TransportSpec::Lmtp { .. });
+                let ourselves = store.own_smtp_addrs();
+                let cands =
+                    match route::candidates(&s.resolver, spec, s.smtp_port, &ourselves).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            last = (e.reason, e.permanent, "none".into());
+                            if e.permanent && specs.len() == 1 {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                for c in cands {
+                    let relay = format!("{}[{}]:{}", c.host, c.addr.ip(), c.addr.port());
+                    let mut opts = s.client.clone();
+                    opts.lmtp = lmtp;
+                    opts.helo_name = s.hostname.clone();
+                    opts.tls = tls_level(s, spec, &c, rcpts);
+                    opts.sasl = sasl_for(s, spec, &c);
+                    let env = Envelope {
+                        sender: entry.sender.as_ref(),
+                        recipients: rcpts,
+                        body,
+                        eight_bit: entry.eight_bit,
+                        smtputf8: entry.smtputf8,
+                    };
+                    let mut r = client::deliver(c.addr, &c.host, &opts, &env).await;
+                    if let Err(e) = &r
+                        && e.retry_plain
+                    {
+                        tracing::info!(target: "postfix/smtp", "{}: {}; retrying without TLS", entry.queue_id, e.reason);
+                        opts.tls = TlsLevel::None;
+                        r = client::deliver(c.addr, &c.host, &opts, &env).await;
+                    }
+                    match r {
+                        Ok(outcomes) => {
+                            return rcpts
+                                .iter()
+                                .cloned()
+                                .zip(outcomes)
+                                .map(|(rcpt, outcome)| Tried {
+                                    rcpt,
+                                    outcome,
+                                    relay: relay.clone(),
+                                })
+                                .collect();
+                        }
+                        Err(e) => {
+                            last = (e.reason, e.permanent, relay);
+                            if !e.try_next {
+                                return fail_all(rcpts, &last);
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                last = (
+                    format!("transport {other} is not supported"),
+                    false,
+                    "none".into(),
+                );
+            }
+        }
+    }
+    fail_all(rcpts, &last)
+}
+
+fn fail_all(rcpts: &[MailAddress], last: &(String, bool, String)) -> Vec<Tried> {
+    rcpts
+        .iter()
+        .map(|r| Tried {
+            rcpt: r.clone(),
+            outcome: if last.1 {
+                RcptOutcome::Permanent(last.0.clone())
+            } else {
+                RcptOutcome::Temporary(last.0.clone())
+            },
+            relay: last.2.clone(),
+        })
+        .collect()
+}
+
+fn tls_level(
+    s: &DeliverySettings,
+    spec: &TransportSpec,
+    c: &route::Candidate,
+    rcpts: &[MailAddress],
+) -> TlsLevel {
+    let spec_text = spec.to_string();
+    let dest = spec_text
+        .split_once(':')
+        .map_or(spec_text.as_str(), |(_, d)| d);
+    let keys = [
+        dest.to_ascii_lowercase(),
+        c.host.to_ascii_lowercase(),
+        rcpts
+            .first()
+            .map(|r| r.domain().as_str().to_string())
+            .unwrap_or_default(),
+    ];
+    keys.iter()
+        .find_map(|k| s.tls_policy.get(k).copied())
+        .unwrap_or(s.client.tls)
+}
+
+fn sasl_for(
+    s: &DeliverySettings,
+    spec: &TransportSpec,
+    c: &route::Candidate,
+) -> Option<(String, String)> {
+    if s.sasl_passwords.is_empty() {
+        return None;
+    }
+    let spec_text = spec.to_string();
+    let dest = spec_text
+        .split_once(':')
+        .map_or(spec_text.as_str(), |(_, d)| d)
+        .to_ascii_lowercase();
+    let host = c.host.to_ascii_lowercase();
+    let port = c.addr.port();
+    [
+        dest,
+        format!("[{host}]:{port}"),
+        format!("[{host}]"),
+        format!("{host}:{port}"),
+        host,
+    ]
+    .iter()
+    .find_map(|k| s.sasl_passwords.get(k).cloned())
+}
+
+async fn deliver_maildir(
+    s: &DeliverySettings,
+    entry: &QueueEntry,
+    body: &[u8],
+    base: &std::path::Path,
+    rcpts: &[MailAddress],
+) -> Vec<Tried> {
+    let mut out = Vec::new();
+    for rcpt in rcpts {
+        let (base, rcpt2, id, host, body) = (
+            base.to_path_buf(),
+            rcpt.clone(),
+            entry.queue_id.to_string(),
+            s.hostname.clone(),
+            body.to_vec(),
+        );
+        let r =
+            tokio::task::spawn_blocking(move || maildir::deliver(&base, &rcpt2, &id, &host, &body))
+                .await;
+        let outcome = match r {
+            Ok(Ok(path)) => RcptOutcome::Sent(format!("delivered to maildir {}", path.display())),
+            Ok(Err(e)) => RcptOutcome::Temporary(format!("maildir delivery failed: {e}")),
+            Err(e) => RcptOutcome::Temporary(format!("maildir delivery failed: {e}")),
+        };
+        out.push(Tried {
+            rcpt: rcpt.clone(),
+            outcome,
+            relay: "maildir".into(),
+        });
+    }
+    out
+}
+
+fn backoff(s: &DeliverySettings, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    (s.minimal_backoff * factor)
+        .min(s.maximal_backoff)
+        .max(s.minimal_backoff)
+}
+
+/// Turns the attempt into recipient states, commits them (with a DSN for
+/// new bounces) under the message's epoch, and logs Postfix's lines.
+async fn commit_outcomes<Q: QueueStore>(
+    store: &Q,
+    s: &DeliverySettings,
+    entry: &QueueEntry,
+    body: &[u8],
+    attempts: &HashMap<MailAddress, u32>,
+    tried: Vec<Tried>,
+    started: Instant,
+) {
+    if tried.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let age = Duration::from_millis(now.saturating_sub(entry.arrival_ms));
+    let lifetime = if entry.sender.is_none() {
+        s.bounce_queue_lifetime
+    } else {
+        s.maximal_queue_lifetime
+    };
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    let mut lines = Vec::new();
+    for t in tried {
+        let (status, dsn, word, text) = match t.outcome {
+            RcptOutcome::Sent(reply) => (
+                RecipientStatus::Delivered {
+                    reply: reply.clone(),
+                    time_ms: now,
+                },
+                dsn::status_of(&reply, false).replace("4.0.0", "2.0.0"),
+                "sent",
+                reply,
+            ),
+            RcptOutcome::Permanent(reason) => {
+                let code = dsn::status_of(reason.rsplit("said: ").next().unwrap_or(&reason), true);
+                failures.push(dsn::Failure {
+                    recipient: t.rcpt.clone(),
+                    status: code.clone(),
+                    remote_mta: (t.relay != "none").then(|| t.relay.clone()),
+                    diagnostic: reason.clone(),
+                });
+                (
+                    RecipientStatus::Bounced {
+                        reason: reason.clone(),
+                        time_ms: now,
+                    },
+                    code,
+                    "bounced",
+                    reason,
+                )
+            }
+            RcptOutcome::Temporary(reason) if age >= lifetime => {
+                let why = format!(
+                    "message expired after {} s in the queue: {reason}",
+                    age.as_secs()
+                );
+                failures.push(dsn::Failure {
+                    recipient: t.rcpt.clone(),
+                    status: "4.4.7".into(),
+                    remote_mta: None,
+                    diagnostic: why.clone(),
+                });
+                (
+                    RecipientStatus::Bounced {
+                        reason: why.clone(),
+                        time_ms: now,
+                    },
+                    "4.4.7".into(),
+                    "expired",
+                    why,
+                )
+            }
+            RcptOutcome::Temporary(reason) => {
+                let n = attempts.get(&t.rcpt).copied().unwrap_or(0) + 1;
+                let code = dsn::status_of(reason.rsplit("said: ").next().unwrap_or(&reason), false);
+                (
+                    RecipientStatus::Deferred {
+                        reason: reason.clone(),
+                        next_try_ms: now + backoff(s, n).as_millis() as u64,
+                        attempts: n,
+                    },
+                    code,
+                    "deferred",
+                    reason,
+                )
+            }
+        };
+        let delay = age.as_secs_f64();
+        let queued = delay - started.elapsed().as_secs_f64();
+        lines.push(format!(
+            "{}: to=<{}>, relay={}, delay={:.2}, delays={:.2}/0/0/{:.2}, dsn={dsn}, status={word} ({})",
+            entry.queue_id,
+            t.rcpt,
+            t.relay,
+            delay,
+            queued.max(0.0),
+            started.elapsed().as_secs_f64(),
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+        results.push((t.rcpt, status));
+    }
+    let mut commands = vec![Command::QueueResult {
+        queue_id: entry.queue_id.clone(),
+        epoch: entry.epoch,
+        results,
+    }];
+    let mut dsn_id = None;
+    if !failures.is_empty() && entry.sender.is_some() {
+        let id = crate::next_queue_id(store.node_id());
+        let text = dsn::build(entry, body, &failures, &s.hostname, now / 1000);
+        commands.push(Command::QueueInsert {
+            message: Box::new(NewMessage {
+                queue_id: id.clone(),
+                sender: None,
+                recipients: vec![entry.sender.clone().expect("checked above")],
+                owner: store.node_id(),
+                client: "local".into(),
+                helo: s.hostname.clone(),
+                smtputf8: false,
+                eight_bit: true,
+                body: text,
+            }),
+        });
+        dsn_id = Some(id);
+    }
+    match store.commit(commands).await {
+        Ok(outcomes) => match outcomes.first() {
+            Some(Outcome::Applied { detail }) => {
+                for l in &lines {
+                    tracing::info!(target: "postfix/smtp", "{l}");
+                }
+                if let Some(id) = dsn_id {
+                    tracing::info!(target: "postfix/bounce", "{}: sender non-delivery notification: {id}", entry.queue_id);
+                }
+                if detail.ends_with("removed") {
+                    tracing::info!(target: "postfix/qmgr", "{}: removed", entry.queue_id);
+                }
+            }
+            Some(Outcome::Rejected { reason }) => {
+                // Fenced: another node owns the message now; what we did
+                // is a duplicate at worst.
+                tracing::warn!(target: "postfix/qmgr", "{}: delivery result refused: {reason}", entry.queue_id);
+            }
+            _ => {}
+        },
+        Err(e) => {
+            tracing::warn!(target: "postfix/qmgr", "{}: cannot commit the delivery result (it will be tried again): {e}", entry.queue_id);
+        }
+    }
+}
