@@ -56,6 +56,12 @@ pub struct Node {
     pub log: PathBuf,
 }
 
+/// Delivery for tests that are not about it: every route ends at a closed
+/// loopback port (deferred, retried in 300 s), and no lookup ever leaves
+/// the machine.
+pub const NO_DELIVERY: &str =
+    "[delivery]\nresolver = \"127.0.0.1:9\"\nrelayhost = \"[127.0.0.1]:9\"\n\n";
+
 /// A test config: data in `dir/data`, metrics on an ephemeral port, fast
 /// raft timing for a single node.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
@@ -66,8 +72,13 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     } else {
         "[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n"
     };
+    let delivery = if extra.contains("[delivery]") {
+        ""
+    } else {
+        NO_DELIVERY
+    };
     let text = format!(
-        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n{smtp}{extra}",
+        "[node]\nname = \"n1\"\nsite = \"test\"\ndata_dir = \"{}\"\n\n[cluster]\nbootstrap = true\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[rpc]\nlisten = \"127.0.0.1:0\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n{smtp}{delivery}{extra}",
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -106,10 +117,15 @@ impl Node {
              [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\
              [dns]\nlisten = [\"127.0.0.1{i}:{dns_port}\"]\n\n\
              [smtp]\nlisten = [\"127.0.0.1{i}:{smtp_port}\"]\n\n\
-             [metrics]\nlisten = \"127.0.0.1{i}:0\"\n",
+             [metrics]\nlisten = \"127.0.0.1{i}:0\"\n\n{delivery}",
             data = dir.join("data").display(),
             dns_port = Self::dns_port(rpc_port),
             smtp_port = Self::smtp_port(rpc_port),
+            delivery = if extra.contains("[delivery]") {
+                ""
+            } else {
+                NO_DELIVERY
+            },
         );
         std::fs::write(&path, text).unwrap();
         Node {

@@ -120,6 +120,8 @@ pub fn load_password_map(
 /// it has not changed yet (the result is normally applied within
 /// milliseconds; a result that failed to commit is retried after this).
 const SETTLE: Duration = Duration::from_secs(30);
+/// Shortest time between two scans of the queue.
+const SCAN_GAP: Duration = Duration::from_millis(50);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -145,7 +147,16 @@ pub async fn run_queue_manager<Q: QueueStore>(
     let total = Arc::new(Semaphore::new(settings.total_concurrency.max(1)));
     let per_dest: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut last_scan = Instant::now() - SCAN_GAP;
     loop {
+        // Under load the log moves constantly: scan at most every SCAN_GAP.
+        let gap = SCAN_GAP.saturating_sub(last_scan.elapsed());
+        if !gap.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(gap) => {}
+            }
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = applied.changed() => if r.is_err() { break },
@@ -155,6 +166,7 @@ pub async fn run_queue_manager<Q: QueueStore>(
         if !store.may_deliver() {
             continue;
         }
+        last_scan = Instant::now();
         let due = match store.due(now_ms()) {
             Ok(d) => d,
             Err(e) => {

@@ -1,0 +1,398 @@
+//! Delivery end to end: the setups of SCENARIOS.md on real processes.
+//! Destinations are tests/support/mailsink.py servers on 127.0.0.3x (a
+//! submission server with STARTTLS + AUTH, rejecting, tempfailing, LMTP),
+//! MX records come from hamail's own DNS, and DSNs land in a Maildir.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use hamail_tests::smtp::{SmtpClient, queued_id};
+use hamail_tests::{Node, form_cluster, wait_for};
+
+/// A mailsink.py destination; stopped when dropped.
+struct Sink {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sink {
+    fn start(listen: &str, dir: &Path, args: &[&str]) -> Sink {
+        let dir = dir.join(format!("sink-{}", listen.replace([':', '.'], "_")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/mailsink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--listen", listen, "--dir"])
+            .arg(&dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 mailsink.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("READY"), "sink on {listen}: {line:?}");
+        Sink { child, dir }
+    }
+
+    /// Every message received: (sidecar JSON, message text).
+    fn messages(&self) -> Vec<(serde_json::Value, String)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let meta: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                let text = std::fs::read_to_string(p.with_extension("eml")).unwrap_or_default();
+                out.push((meta, text));
+            }
+        }
+        out
+    }
+
+    fn count(&self) -> usize {
+        self.messages().len()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The queue id in our `Received:` header of a delivered message.
+fn hamail_id(text: &str) -> Option<String> {
+    text.split("(hamail) with ")
+        .nth(1)?
+        .split(" id ")
+        .nth(1)?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+fn send(addr: &str, from: &str, to: &[&str], subject: &str) -> String {
+    let (mut c, g) = SmtpClient::connect(addr).unwrap();
+    assert!(g.is(220), "{g:?}");
+    assert!(c.cmd("EHLO client.example").unwrap().is(250));
+    let r = c
+        .send_mail(
+            from,
+            to,
+            &format!(
+                "Subject: {subject}\r\nMessage-ID: <{subject}@client.example>\r\n\r\n{subject}"
+            ),
+        )
+        .unwrap();
+    queued_id(&r).unwrap_or_else(|| panic!("not queued: {r:?}"))
+}
+
+fn queue_len(node: &Node) -> usize {
+    node.json(&["queue", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Files in a Maildir's new/ directory.
+fn maildir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("new"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const ZONE: &str = "$ORIGIN dest.example.\n$TTL 60\n\
+@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n\
+@ IN NS ns1\nns1 IN A 127.0.0.11\n\
+@ IN MX 10 mx1\n@ IN MX 10 mx2\nmx1 IN A 127.0.0.34\nmx2 IN A 127.0.0.35\n";
+
+#[test]
+fn the_scenarios_deliver_as_a_postfix_operator_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rpc = 17610;
+    let dns = Node::dns_port(rpc);
+    let sasl = d.join("sasl_passwd");
+    std::fs::write(&sasl, "[primary.example.jp]:2628 u:secret\n").unwrap();
+    std::fs::set_permissions(&sasl, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "\n[delivery]\nresolver = \"127.0.0.11:{dns}\"\nsmtp_port = 2627\n\
+         minimal_backoff_time_secs = 1\nmaximal_backoff_time_secs = 2\n\
+         smtp_connect_timeout_secs = 5\nsmtp_timeout_secs = 20\n\
+         smtp_sasl_password_maps = \"{}\"\n\
+         smtp_tls_policy = {{ \"[primary.example.jp]:2628\" = \"encrypt\" }}\n",
+        sasl.display()
+    );
+    let nodes = form_cluster(d, rpc, 1, &extra);
+    let n = &nodes[0];
+    let smtp = Node::smtp_addr(1, rpc);
+
+    // The primary MX: submission with STARTTLS and AUTH required (587 in
+    // production; 2628 here), like Postfix with smtpd_tls_auth_only.
+    let cert = d.join("primary.pem");
+    let primary = Sink::start(
+        "127.0.0.31:2628",
+        d,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--require-tls",
+            "--auth",
+            "u:secret",
+            "--name",
+            "primary.example.jp",
+        ],
+    );
+    let fallback = Sink::start("127.0.0.33:2627", d, &[]);
+    let mx1 = Sink::start("127.0.0.34:2627", d, &[]);
+    let mx2 = Sink::start("127.0.0.35:2627", d, &[]);
+    let reject = Sink::start("127.0.0.36:2627", d, &["--reject-rcpt", "550"]);
+    let tempfail = Sink::start("127.0.0.37:2627", d, &["--tempfail-data", "1"]);
+    let lmtp = Sink::start(
+        "127.0.0.39:2627",
+        d,
+        &["--lmtp", "--lmtp-fail-rcpt", "550:gone@lmtp.example"],
+    );
+
+    // DNS: primary.example.jp, dest.example with two equal MXes, a null MX.
+    let z = d.join("dest.zone");
+    std::fs::write(&z, ZONE).unwrap();
+    n.ok(&["zone", "add", "dest.example", "--file", z.to_str().unwrap()]);
+    n.ok(&["zone", "add", "example.jp"]);
+    n.ok(&["record", "add", "example.jp", "primary 60 IN A 127.0.0.31"]);
+    n.ok(&["zone", "add", "nullmx.example"]);
+    n.ok(&["record", "add", "nullmx.example", "@ 60 IN MX 0 ."]);
+
+    // Tables: the backup-MX relay domain and its route with SASL; others.
+    let mailboxes = d.join("mail");
+    for (domain, kind, transport) in [
+        (
+            "example.jp",
+            "relay",
+            "smtp:[primary.example.jp]:2628".to_string(),
+        ),
+        (
+            "client.example",
+            "local",
+            format!("maildir:{}", mailboxes.display()),
+        ),
+        ("relay.example", "relay", "smtp:[127.0.0.32]:2627".into()),
+        ("reject.example", "relay", "smtp:[127.0.0.36]:2627".into()),
+        ("tempfail.example", "relay", "smtp:[127.0.0.37]:2627".into()),
+        ("lmtp.example", "local", "lmtp:127.0.0.39:2627".into()),
+    ] {
+        n.ok(&["domain", "add", domain, "--kind", kind]);
+        let mut args = vec!["transport", "set", domain, transport.as_str()];
+        if domain == "relay.example" {
+            // The primary route is down: the fallback takes it.
+            args.extend(["--fallback", "smtp:[127.0.0.33]:2627"]);
+        }
+        n.ok(&args);
+    }
+    for r in [
+        "user@example.jp",
+        "sender@client.example",
+        "a@relay.example",
+        "u@reject.example",
+        "u@tempfail.example",
+        "box@lmtp.example",
+        "gone@lmtp.example",
+    ] {
+        n.ok(&["recipient", "add", r]);
+    }
+
+    let from = "sender@client.example";
+    let sasl_id = send(&smtp, from, &["user@example.jp"], "to-primary");
+    let fb_id = send(&smtp, from, &["a@relay.example"], "to-fallback");
+    let mx_ids: Vec<String> = (0..20)
+        .map(|i| send(&smtp, from, &["x@dest.example"], &format!("mx-{i}")))
+        .collect();
+    let bounce_id = send(&smtp, from, &["u@reject.example"], "to-reject");
+    let retry_id = send(&smtp, from, &["u@tempfail.example"], "to-tempfail");
+    let null_id = send(&smtp, from, &["u@nullmx.example"], "to-nullmx");
+    let lmtp_id = send(
+        &smtp,
+        from,
+        &["box@lmtp.example", "gone@lmtp.example"],
+        "to-lmtp",
+    );
+    // A bounce of a bounce is never made.
+    let (mut c, _) = SmtpClient::connect(&smtp).unwrap();
+    c.cmd("EHLO client.example").unwrap();
+    let r = c
+        .send_mail("", &["u@reject.example"], "Subject: null-sender\r\n\r\nx")
+        .unwrap();
+    assert!(queued_id(&r).is_some(), "{r:?}");
+
+    wait_for("the queue to empty", || (queue_len(n) == 0).then_some(()));
+
+    // 1. Backup MX -> primary over "587" with STARTTLS and SASL.
+    let got = primary.messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0["tls"], true);
+    assert_eq!(got[0].0["auth_user"], "u");
+    assert_eq!(got[0].0["rcpt_to"][0], "user@example.jp");
+    assert_eq!(hamail_id(&got[0].1).as_deref(), Some(sasl_id.as_str()));
+    // 2. Primary route down: the fallback relay gets it.
+    assert_eq!(fallback.count(), 1);
+    assert_eq!(
+        hamail_id(&fallback.messages()[0].1).as_deref(),
+        Some(fb_id.as_str())
+    );
+    // 3. Equal-preference MXes share the load.
+    let (a, b) = (mx1.count(), mx2.count());
+    assert_eq!(a + b, mx_ids.len());
+    assert!(a > 0 && b > 0, "MX 10 mx1 / MX 10 mx2 got {a} / {b}");
+    // 5. 451 at the end of DATA: deferred, then delivered on the retry.
+    assert_eq!(tempfail.count(), 1);
+    // LMTP: one status per recipient.
+    let l = lmtp.messages();
+    assert_eq!(l.len(), 1);
+    assert_eq!(reject.count(), 0);
+
+    // 4 and 6: one DSN per bounced message, to the sender, from <>.
+    let dsns = maildir(&mailboxes.join("client.example/sender"));
+    assert_eq!(dsns.len(), 3, "DSNs for reject, nullmx and lmtp: {dsns:#?}");
+    let find = |id: &str| {
+        dsns.iter()
+            .find(|m| m.contains(&format!("X-Hamail-Queue-ID: {id}")))
+            .unwrap_or_else(|| panic!("no DSN for {id}"))
+            .clone()
+    };
+    let dsn = find(&bounce_id);
+    assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status"));
+    assert!(dsn.contains("Final-Recipient: rfc822; u@reject.example"));
+    assert!(dsn.contains("Status: 5.1.1"));
+    assert!(
+        dsn.contains("Subject: to-reject"),
+        "original headers: {dsn}"
+    );
+    assert!(find(&null_id).contains("nullMX"));
+    let dsn = find(&lmtp_id);
+    assert!(dsn.contains("Final-Recipient: rfc822; gone@lmtp.example"));
+    assert!(!dsn.contains("Final-Recipient: rfc822; box@lmtp.example"));
+
+    let log = n.log_text();
+    for want in [
+        format!("{sasl_id}: to=<user@example.jp>, relay=primary.example.jp[127.0.0.31]:2628"),
+        format!("{retry_id}: to=<u@tempfail.example>, relay=127.0.0.37[127.0.0.37]:2627"),
+        format!("{sasl_id}: removed"),
+        format!("{bounce_id}: sender non-delivery notification:"),
+    ] {
+        assert!(log.contains(&want), "log lacks {want:?}");
+    }
+    assert!(
+        log.contains("dsn=4.3.0, status=deferred"),
+        "the 451 was deferred"
+    );
+    assert!(log.contains("status=bounced"), "bounces are logged");
+}
+
+#[test]
+fn a_password_map_readable_by_others_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("sasl_passwd");
+    std::fs::write(&map, "[relay.example]:587 u:p\n").unwrap();
+    std::fs::set_permissions(&map, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let node = Node::with_config_extra(
+        dir.path(),
+        &format!(
+            "[delivery]\nsmtp_sasl_password_maps = \"{}\"\n",
+            map.display()
+        ),
+    );
+    let out = node.command().arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("smtp_sasl_password_maps") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+/// Three nodes; 1,000 messages accepted by node 1 for a destination that
+/// is down; node 1 is killed; the destination comes up: the survivors take
+/// over node 1's messages (after the lease) and deliver every one.
+#[test]
+fn the_queue_of_a_killed_node_is_delivered_by_the_survivors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rpc = 17630;
+    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nlease_secs = 3\nlease_check_interval_secs = 1\n\
+                 minimal_backoff_time_secs = 1\nmaximal_backoff_time_secs = 2\nsmtp_connect_timeout_secs = 5\n";
+    let mut nodes = form_cluster(d, rpc, 3, extra);
+    nodes[0].ok(&["domain", "add", "example.jp", "--kind", "relay"]);
+    nodes[0].ok(&["recipient", "add", "user@example.jp"]);
+    nodes[0].ok(&["transport", "set", "example.jp", "smtp:[127.0.0.38]:2627"]);
+    for n in &nodes {
+        wait_for("the transport on every node", || {
+            n.ok(&["transport", "list"])
+                .contains("127.0.0.38")
+                .then_some(())
+        });
+    }
+    let target = Node::smtp_addr(1, rpc);
+    wait_for("node 1 to take mail", || {
+        let (_, g) = SmtpClient::connect(&target).ok()?;
+        g.is(220).then_some(())
+    });
+    let status = Command::new("/usr/sbin/smtp-source")
+        .args(["-s", "20", "-m", "1000", "-l", "1024"])
+        .args(["-f", "sender@client.example", "-t", "user@example.jp"])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // All 1,000 known to node 2, owned by node 1, tried and deferred.
+    let owned_by_1 = |n: &Node| {
+        n.json(&["queue", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["owner"] == 1)
+            .count()
+    };
+    wait_for("1,000 messages of node 1 on node 2", || {
+        (owned_by_1(&nodes[1]) == 1000).then_some(())
+    });
+    wait_for("node 1 to have tried them", || {
+        nodes[0]
+            .log_text()
+            .contains("status=deferred")
+            .then_some(())
+    });
+    nodes[0].kill9();
+
+    let sink = Sink::start("127.0.0.38:2627", d, &[]);
+    wait_for("the survivors to deliver everything", || {
+        (queue_len(&nodes[1]) == 0 && sink.count() >= 1000).then_some(())
+    });
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, text) in sink.messages() {
+        *per_id
+            .entry(hamail_id(&text).expect("our Received header"))
+            .or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    eprintln!(
+        "survivors delivered {} distinct messages of the killed node, {duplicates} duplicates",
+        per_id.len()
+    );
+    assert_eq!(per_id.len(), 1000, "lost messages");
+    assert_eq!(duplicates, 0, "nothing was in flight when node 1 died");
+    let log = format!("{}{}", nodes[1].log_text(), nodes[2].log_text());
+    assert!(
+        log.contains("node 1 unreachable for over 3 s"),
+        "a hand-over was logged"
+    );
+}
