@@ -609,7 +609,11 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
         )
         .unwrap();
     let healed = queued_id(&r).unwrap_or_else(|| panic!("{r:?}"));
-    let after = queue_ids(&nodes[0]);
+    // Node 1 may be a follower that applies a moment after the leader.
+    let after = wait_for("the healed message on node 1", || {
+        let q = queue_ids(&nodes[0]);
+        q.contains(&healed).then_some(q)
+    });
     // The healed message, and at most the one answered 451 (raft may still
     // commit an entry it could not confirm in time: a possible duplicate,
     // never a loss). Nothing from the 421 sessions.

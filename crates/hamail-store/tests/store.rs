@@ -423,3 +423,75 @@ fn queue_entries_round_trip_and_queue_commands_apply() {
     assert!(store.queue_entries().unwrap().is_empty());
     assert!(store.queue_body(&id).unwrap().is_none());
 }
+
+#[test]
+fn delivery_results_are_fenced_by_the_lease_epoch() {
+    use hamail_types::{NewMessage, QueueId, RecipientStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ctx = ApplyContext {
+        time_ms: 1,
+        proposer: 1,
+        log_index: 1,
+    };
+    let a = MailAddress::parse("a@example.jp").unwrap();
+    let b = MailAddress::parse("b@example.jp").unwrap();
+    let mut ap = Applier::new(&store);
+    let ids: Vec<QueueId> = (0..3).map(|i| QueueId::new(100 + i, 1)).collect();
+    for id in &ids {
+        let m = NewMessage {
+            queue_id: id.clone(),
+            sender: None,
+            recipients: vec![a.clone(), b.clone()],
+            owner: 1,
+            client: String::new(),
+            helo: String::new(),
+            smtputf8: false,
+            eight_bit: false,
+            body: b"x\r\n".to_vec(),
+        };
+        let cmd = Command::QueueInsert {
+            message: Box::new(m),
+        };
+        assert!(ap.apply(&cmd, &ctx).unwrap().is_applied());
+    }
+    // Node 1 is lost: its messages go to nodes 2 and 3, epoch 2.
+    let cmd = Command::QueueReassign {
+        from: 1,
+        to: vec![2, 3],
+    };
+    assert!(ap.apply(&cmd, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    let owners: Vec<(u64, u64)> = store
+        .queue_entries()
+        .unwrap()
+        .iter()
+        .map(|e| (e.owner, e.epoch))
+        .collect();
+    assert_eq!(owners, [(2, 2), (3, 2), (2, 2)]);
+
+    let delivered = RecipientStatus::Delivered {
+        reply: "250 ok".into(),
+        time_ms: 2,
+    };
+    let result = |epoch, rcpt: &MailAddress| Command::QueueResult {
+        queue_id: ids[0].clone(),
+        epoch,
+        results: vec![(rcpt.clone(), delivered.clone())],
+    };
+    let mut ap = Applier::new(&store);
+    // The old owner's late result: refused, nothing changes.
+    let o = ap.apply(&result(1, &a), &ctx).unwrap();
+    assert!(!o.is_applied(), "{o:?}");
+    // The new owner's: applied; the message stays until b is final too.
+    assert!(ap.apply(&result(2, &a), &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    let e = store.queue_entry(&ids[0]).unwrap().unwrap();
+    assert!(e.recipients[0].status.is_final() && !e.recipients[1].status.is_final());
+    let mut ap = Applier::new(&store);
+    let o = ap.apply(&result(2, &b), &ctx).unwrap();
+    assert_eq!(o, Outcome::applied(format!("{}: removed", ids[0])));
+    ap.commit().unwrap();
+    assert!(store.queue_entry(&ids[0]).unwrap().is_none());
+    assert!(store.queue_body(&ids[0]).unwrap().is_none());
+}
