@@ -387,27 +387,24 @@ hamail_start() {
     return 1
 }
 
-# Waits (at most 30 s) until the node knows a raft leader.
-hamail_wait_leader() {
-    local i
+# Polls (at most 30 s, every 0.1 s) until PATTERN shows in the output of
+# `hamail ARGS...` on node DIR; else says WHAT did not happen.
+hamail_poll() { # DIR PATTERN WHAT ARGS...
+    local dir=$1 pattern=$2 what=$3 i
+    shift 3
     for i in $(seq 1 300); do
-        hcli "$1/hamail.toml" status --json 2>/dev/null | grep -q '"leader": [0-9]' && return 0
+        hcli "$dir/hamail.toml" "$@" 2>/dev/null | grep -q "$pattern" && return 0
         sleep 0.1
     done
-    echo "$bench: hamail ($1) sees no leader" >&2
+    echo "$bench: hamail ($dir) $what" >&2
     return 1
 }
 
-# Waits (at most 30 s) until the node has applied the benchmark recipient.
-hamail_wait_recipient() {
-    local i
-    for i in $(seq 1 300); do
-        hcli "$1/hamail.toml" recipient list --json 2>/dev/null | grep -q "\"$rcpt\"" && return 0
-        sleep 0.1
-    done
-    echo "$bench: hamail ($1) never saw $rcpt" >&2
-    return 1
-}
+# Waits until the node knows a raft leader.
+hamail_wait_leader() { hamail_poll "$1" '"leader": [0-9]' "sees no leader" status --json; }
+
+# Waits until the node has applied the benchmark recipient.
+hamail_wait_recipient() { hamail_poll "$1" "\"$rcpt\"" "never saw $rcpt" recipient list --json; }
 
 # The same mail setup as the Postfix side: bench.example relayed, one known
 # recipient (what relay_domains and relay_recipient_maps say there), and
