@@ -9,10 +9,16 @@ DIR/<id>.json.  The .eml is renamed into place first and the .json last, so a
 test that sees the .json can rely on the .eml being complete.  Sidecar keys:
 
     id, mail_from, rcpt_to, tls, tls_version, auth_user, size, helo, esmtp,
-    lmtp, listen, peer, mail_params, rcpt_params, body_8bit, bare_lf
+    lmtp, listen, peer, mail_params, rcpt_params, body_8bit, bare_lf, answered
 
 The stored .eml is exactly the DATA payload as received (dot-unstuffed, the
 terminating CRLF.CRLF removed, line endings untouched).  "size" is its length.
+"answered" is false when the client never got a proper reply to the final dot
+(--hang-after-data, --drop-after-data, --garbage-reply dot).
+
+Hostile-server modes (--hang-greeting, --hang-after-data, --drop-after-data,
+--garbage-reply, --bad-starttls; at most one) and --slow-reply exist to test
+how hamail's SMTP client copes with broken destinations.
 
 On startup one line "READY HOST:PORT" is printed to stdout (with the real port
 when --listen used port 0).  SIGTERM/SIGINT exit cleanly with status 0.
@@ -32,6 +38,13 @@ import time
 
 MAX_LINE = 65536          # longest command / data line we accept
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
+
+# --garbage-reply: which replies belong to which stage, and what is sent instead.
+STAGES = {"EHLO": "ehlo", "HELO": "ehlo", "LHLO": "ehlo",
+          "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+GARBAGE = {"text": b"HELLO THERE\r\n",
+           "multiline": b"250-ok\r\n250-\x00\x01junk\r\nxyz\r\n"}
+NOT_TLS = b"this is not TLS\r\n" * 16
 
 
 class LineTooLong(Exception):
@@ -101,6 +114,16 @@ def parse_code(s):
     if not (s.isdigit() and len(s) == 3 and s[0] in "2345"):
         raise argparse.ArgumentTypeError("expected a 3-digit SMTP code, got %r" % s)
     return int(s)
+
+
+def parse_secs(s):
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not v >= 0:
+        raise argparse.ArgumentTypeError("expected seconds >= 0, got %r" % s)
+    return v
 
 
 def parse_userpass(s):
@@ -211,6 +234,13 @@ class Sink:
             sys.stderr.write("[%d] %s %s\n" % (cid, direction, text))
             sys.stderr.flush()
 
+    async def hang(self, cid, conn):
+        """Say nothing more, ignoring --timeout; swallow input until the client closes."""
+        self.log(cid, "--", "hanging until the client closes")
+        while await conn.reader.read(65536):
+            pass
+        self.log(cid, "--", "client closed connection")
+
     # ----------------------------------------------------------- handler
     async def handle(self, reader, writer):
         self.conn_seq += 1
@@ -246,8 +276,17 @@ class Sink:
         w = conn.writer
         peer = w.get_extra_info("peername")
         peer_s = fmt_listen(peer[0], peer[1]) if peer else None
+        stage = "greeting"  # for --garbage-reply: which stage replies belong to
 
         async def reply(*lines):
+            if a.slow_reply:
+                await asyncio.sleep(a.slow_reply)
+            if a.garbage_reply is not None and stage == a.garbage_reply:
+                junk = GARBAGE[a.garbage_style]
+                self.log(cid, "S:", "(garbage instead of %s) %r" % (lines[0][:3], junk))
+                w.write(junk)
+                await w.drain()
+                return
             out = []
             for idx, l in enumerate(lines):
                 if idx < len(lines) - 1:
@@ -258,6 +297,9 @@ class Sink:
             await w.drain()
 
         self.log(cid, "--", "connect from %s" % peer_s)
+        if a.hang_greeting:
+            await self.hang(cid, conn)
+            return
 
         # -------------------------------------------------------- greeting
         if a.greeting is not None and a.greeting >= 400:
@@ -265,6 +307,7 @@ class Sink:
                 await reply("%d 4.3.2 %s Service not available" % (a.greeting, name))
                 return
             await reply("%d 5.3.2 %s Service not available" % (a.greeting, name))
+            stage = None
             while True:
                 line = await conn.readline()
                 if not line:
@@ -293,6 +336,35 @@ class Sink:
             rcpts = []
             rcpt_params = []
 
+        def save(rcpt_to, data, bare_lf, answered):
+            """Store one message; its id, or None if storing failed."""
+            mid = self.new_id()
+            meta = {
+                "id": mid,
+                "mail_from": mail_from,
+                "rcpt_to": rcpt_to,
+                "tls": tls,
+                "tls_version": tls_version,
+                "auth_user": auth_user,
+                "size": len(data),
+                "helo": helo,
+                "esmtp": esmtp,
+                "lmtp": a.lmtp,
+                "listen": self.listen_str,
+                "peer": peer_s,
+                "mail_params": mail_params,
+                "rcpt_params": rcpt_params,
+                "body_8bit": any(b >= 0x80 for b in data),
+                "bare_lf": bare_lf,
+                "answered": answered,
+            }
+            try:
+                self.store(mid, data, meta)
+                return mid
+            except OSError as e:
+                sys.stderr.write("mailsink: store failed: %r\n" % (e,))
+                return None
+
         def auth_offered():
             if not a.auth:
                 return False
@@ -301,6 +373,7 @@ class Sink:
             return True
 
         while True:
+            stage = None
             try:
                 raw = await conn.readline()
             except LineTooLong:
@@ -317,6 +390,7 @@ class Sink:
             self.log(cid, "C:", text)
             verb, _, arg = text.partition(" ")
             verb = verb.upper()
+            stage = STAGES.get(verb)
 
             # A client may only pipeline when PIPELINING was advertised, and
             # never past these commands (RFC 2920 / RFC 3207).
@@ -347,7 +421,7 @@ class Sink:
                 if a.pipelining:
                     lines.append("250 PIPELINING")
                 lines.append("250 SIZE %d" % a.max_size)
-                if self.ssl_ctx is not None and not tls:
+                if (self.ssl_ctx is not None or a.bad_starttls) and not tls:
                     lines.append("250 STARTTLS")
                 if auth_offered():
                     lines.append("250 AUTH PLAIN LOGIN")
@@ -371,7 +445,7 @@ class Sink:
                 return
 
             if verb == "STARTTLS":
-                if self.ssl_ctx is None:
+                if self.ssl_ctx is None and not a.bad_starttls:
                     await reply("502 5.5.1 Error: command not implemented")
                     continue
                 if tls:
@@ -384,6 +458,17 @@ class Sink:
                     await reply("501 5.5.4 Syntax: STARTTLS")
                     continue
                 await reply("220 2.0.0 Ready to start TLS")
+                if a.bad_starttls:
+                    # Take the ClientHello (so closing sends FIN, not RST),
+                    # answer it with plain text and hang up.
+                    try:
+                        await asyncio.wait_for(conn.reader.read(65536), a.timeout)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        pass
+                    self.log(cid, "S:", "(not TLS) %r x16" % NOT_TLS[:17])
+                    w.write(NOT_TLS)
+                    await w.drain()
+                    return
                 try:
                     await asyncio.wait_for(
                         w.start_tls(self.ssl_ctx, ssl_handshake_timeout=a.timeout),
@@ -518,10 +603,22 @@ class Sink:
                     await reply("501 5.5.4 Syntax: DATA")
                     continue
                 await reply("354 End data with <CR><LF>.<CR><LF>")
+                if stage == a.garbage_reply:
+                    reset_txn()  # the client got no 354: no message follows
+                    continue
                 data, too_big, bare_lf = await self.read_data(conn)
                 if data is None:
                     return  # EOF inside DATA
                 self.log(cid, "--", "received %d bytes" % len(data))
+                stage = "dot"
+                if a.hang_after_data or a.drop_after_data:
+                    if not too_big:
+                        save(rcpts, data, bare_lf, False)
+                    if a.drop_after_data:
+                        self.log(cid, "--", "closing without a reply")
+                        return
+                    await self.hang(cid, conn)
+                    return
                 if too_big:
                     for _ in (rcpts if a.lmtp else [None]):
                         await reply("552 5.3.4 Message size exceeds fixed limit")
@@ -545,29 +642,8 @@ class Sink:
                         replies.append(None)
                 mid = None
                 if delivered:
-                    mid = self.new_id()
-                    meta = {
-                        "id": mid,
-                        "mail_from": mail_from,
-                        "rcpt_to": delivered,
-                        "tls": tls,
-                        "tls_version": tls_version,
-                        "auth_user": auth_user,
-                        "size": len(data),
-                        "helo": helo,
-                        "esmtp": esmtp,
-                        "lmtp": a.lmtp,
-                        "listen": self.listen_str,
-                        "peer": peer_s,
-                        "mail_params": mail_params,
-                        "rcpt_params": rcpt_params,
-                        "body_8bit": any(b >= 0x80 for b in data),
-                        "bare_lf": bare_lf,
-                    }
-                    try:
-                        self.store(mid, data, meta)
-                    except OSError as e:
-                        sys.stderr.write("mailsink: store failed: %r\n" % (e,))
+                    mid = save(delivered, data, bare_lf, a.garbage_reply != "dot")
+                    if mid is None:
                         for _ in (rcpts if a.lmtp else [None]):
                             await reply("451 4.3.0 Error: local storage failure")
                         reset_txn()
@@ -788,6 +864,33 @@ def main():
     p.add_argument("--timeout", type=float, default=300.0, help="idle timeout in seconds")
     p.add_argument("--fsync", action="store_true", help="fsync stored files")
     p.add_argument("-v", "--verbose", action="store_true", help="log the dialogue to stderr")
+    h = p.add_argument_group("hostile remote server (at most one of these)")
+    x = h.add_mutually_exclusive_group()
+    x.add_argument("--hang-greeting", action="store_true",
+                   help="accept the connection, never greet; keep it open (ignoring "
+                        "--timeout) until the client closes")
+    x.add_argument("--hang-after-data", action="store_true",
+                   help="read the message to the final dot, store it with "
+                        "\"answered\": false, never reply; keep the connection open "
+                        "(ignoring --timeout) until the client closes")
+    x.add_argument("--drop-after-data", action="store_true",
+                   help="read the message to the final dot, store it with "
+                        "\"answered\": false, close the connection without a reply")
+    x.add_argument("--garbage-reply", choices=("greeting", "ehlo", "mail", "rcpt", "data", "dot"),
+                   metavar="WHEN",
+                   help="send garbage instead of every reply at stage WHEN: greeting, "
+                        "ehlo (EHLO/HELO/LHLO), mail, rcpt, data (the reply to DATA; no "
+                        "message is read then), dot (after the final dot; the message is "
+                        "stored with \"answered\": false); other replies stay normal")
+    x.add_argument("--bad-starttls", action="store_true",
+                   help="advertise STARTTLS; on STARTTLS reply 220, then send plain-text "
+                        "junk instead of a TLS handshake and close. Plain sessions "
+                        "are served normally. Not with --tls-cert")
+    h.add_argument("--garbage-style", choices=sorted(GARBAGE),
+                   help="for --garbage-reply: text = %r (default), multiline = %r"
+                        % (GARBAGE["text"].decode(), GARBAGE["multiline"].decode()))
+    h.add_argument("--slow-reply", type=parse_secs, default=0.0, metavar="SECS",
+                   help="wait SECS (float) before every reply, garbage included")
     args = p.parse_args()
 
     if args.tls_key and not args.tls_cert:
@@ -802,6 +905,11 @@ def main():
         p.error("--lmtp-fail-rcpt needs --lmtp")
     if args.reject_rcpt is not None and args.reject_rcpt < 400:
         p.error("--reject-rcpt CODE must be 4xx or 5xx")
+    if args.garbage_style and not args.garbage_reply:
+        p.error("--garbage-style needs --garbage-reply")
+    args.garbage_style = args.garbage_style or "text"
+    if args.bad_starttls and args.tls_cert:
+        p.error("--bad-starttls and --tls-cert are exclusive")
     os.makedirs(args.dir, exist_ok=True)
 
     try:

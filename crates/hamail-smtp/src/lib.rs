@@ -20,7 +20,7 @@ use hamail_types::{NewMessage, NodeId, QueueId};
 
 pub use data::{DataEvent, DataReader};
 pub use headers::{mailq_date, received_header, rfc5322_date};
-pub use policy::{Tables, Verdict, check_recipient, in_networks};
+pub use policy::{Tables, Verdict, check_recipient, expand_aliases, in_networks};
 pub use server::{Smtpd, serve_stream};
 pub use session::IoStream;
 pub use tls::{ensure_self_signed, server_config};

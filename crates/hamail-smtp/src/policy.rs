@@ -9,7 +9,42 @@ use ipnet::IpNet;
 pub trait Tables {
     fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, String>;
     fn recipient_known(&self, address: &MailAddress) -> Result<bool, String>;
-    fn alias_known(&self, address: &MailAddress) -> Result<bool, String>;
+    /// The targets of an alias (Postfix's virtual_alias_maps), if it is one.
+    fn alias_targets(&self, address: &MailAddress) -> Result<Option<Vec<MailAddress>>, String>;
+}
+
+/// How deep aliases may point at aliases (Postfix's virtual_alias_recursion_limit).
+pub const ALIAS_RECURSION_LIMIT: usize = 1000;
+
+/// Rewrites recipients through the alias table, as Postfix's cleanup does
+/// with virtual_alias_maps before a message is queued: an alias is replaced
+/// by its targets (recursively, each address once), anything else stays.
+pub fn expand_aliases(
+    tables: &impl Tables,
+    recipients: &[MailAddress],
+) -> Result<Vec<MailAddress>, String> {
+    let mut out: Vec<MailAddress> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<(MailAddress, usize)> =
+        recipients.iter().rev().map(|r| (r.clone(), 0)).collect();
+    while let Some((a, depth)) = todo.pop() {
+        if !seen.insert(a.clone()) {
+            continue;
+        }
+        match tables.alias_targets(&a)? {
+            Some(targets) if depth < 10 => {
+                todo.extend(targets.into_iter().rev().map(|t| (t, depth + 1)));
+            }
+            Some(_) => return Err(format!("alias {a}: more than 10 levels of aliases")),
+            None => out.push(a),
+        }
+        if out.len() + todo.len() > ALIAS_RECURSION_LIMIT {
+            return Err(format!(
+                "alias expansion gives more than {ALIAS_RECURSION_LIMIT} recipients"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The answer to one RCPT TO.
@@ -49,10 +84,10 @@ pub fn check_recipient(tables: &impl Tables, rcpt: &MailAddress, trusted: bool) 
         return Verdict::Accept;
     }
     let known = match kind {
-        DomainKind::Virtual => tables.alias_known(rcpt),
+        DomainKind::Virtual => tables.alias_targets(rcpt).map(|t| t.is_some()),
         _ => tables
             .recipient_known(rcpt)
-            .and_then(|k| Ok(k || tables.alias_known(rcpt)?)),
+            .and_then(|k| Ok(k || tables.alias_targets(rcpt)?.is_some())),
     };
     match known {
         Ok(true) => Verdict::Accept,
@@ -99,8 +134,16 @@ mod tests {
         fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
             Ok(self.recipients.contains(a.to_string().as_str()))
         }
-        fn alias_known(&self, a: &MailAddress) -> Result<bool, String> {
-            Ok(self.aliases.contains(a.to_string().as_str()))
+        fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
+            Ok(match a.to_string().as_str() {
+                "loop1@example.jp" => Some(vec![MailAddress::parse("loop2@example.jp").unwrap()]),
+                "loop2@example.jp" => Some(vec![MailAddress::parse("loop1@example.jp").unwrap()]),
+                s if self.aliases.contains(s) => Some(vec![
+                    MailAddress::parse("user@example.jp").unwrap(),
+                    MailAddress::parse("x@elsewhere.example").unwrap(),
+                ]),
+                _ => None,
+            })
         }
     }
 
@@ -149,6 +192,30 @@ mod tests {
         assert_eq!(
             check_recipient(&t, &a("x@elsewhere.example"), true),
             Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn aliases_expand_recursively_once_per_address() {
+        let t = T {
+            domains: vec![("example.jp", DomainKind::Relay)],
+            recipients: ["user@example.jp"].into(),
+            aliases: ["info@example.jp", "sales@example.jp"].into(),
+        };
+        let got = expand_aliases(
+            &t,
+            &[
+                a("info@example.jp"),
+                a("sales@example.jp"),
+                a("user@example.jp"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(got, vec![a("user@example.jp"), a("x@elsewhere.example")]);
+        // A loop ends: each address is expanded once.
+        assert_eq!(
+            expand_aliases(&t, &[a("loop1@example.jp")]).unwrap(),
+            vec![]
         );
     }
 

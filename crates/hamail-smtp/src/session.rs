@@ -803,6 +803,21 @@ impl<B: Backend> Session<B> {
             (false, false, true) => "SMTPS",
             (false, false, false) => "SMTP",
         };
+        // Aliases are rewritten now, as Postfix's cleanup does, so the queue
+        // holds the final recipients and each is delivered exactly once.
+        let recipients = match crate::policy::expand_aliases(self.backend.as_ref(), &txn.recipients)
+        {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => {
+                return Ok(
+                    !self.error("550 5.1.0 Error: the aliases of every recipient lead nowhere")
+                );
+            }
+            Err(e) => {
+                tracing::warn!(target: "postfix/cleanup", "{queue_id}: {e}");
+                return Ok(!self.error(&format!("550 5.4.6 Error: {}", printable(&e))));
+            }
+        };
         let single = (txn.recipients.len() == 1).then(|| txn.recipients[0].to_string());
         let helo = self.helo.clone().unwrap_or_default();
         let received = received_header(&Trace {
@@ -822,7 +837,7 @@ impl<B: Backend> Session<B> {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: message-id={mid}");
         }
         let size = full.len();
-        let nrcpt = txn.recipients.len();
+        let nrcpt = recipients.len();
         let sender = txn
             .sender
             .as_ref()
@@ -831,7 +846,7 @@ impl<B: Backend> Session<B> {
         let message = NewMessage {
             queue_id: queue_id.clone(),
             sender: txn.sender,
-            recipients: txn.recipients,
+            recipients,
             owner: self.backend.node_id(),
             client: self.client(),
             helo,

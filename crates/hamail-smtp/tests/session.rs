@@ -23,8 +23,8 @@ impl Tables for Fake {
     fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
         Ok(a.local() == "user" || a.local() == "ユーザー")
     }
-    fn alias_known(&self, _: &MailAddress) -> Result<bool, String> {
-        Ok(false)
+    fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
+        Ok((a.local() == "info").then(|| vec![MailAddress::parse("user@example.jp").unwrap()]))
     }
 }
 
@@ -194,4 +194,20 @@ async fn oversize_and_smuggled_bodies_are_not_queued() {
         .unwrap();
     assert!(c.reply().await.starts_with("521 5.5.2"));
     assert!(fake.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn aliases_are_expanded_before_the_message_is_queued() {
+    let fake = Arc::new(Fake::default());
+    let mut c = start(fake.clone());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@client.test>").await;
+    assert!(c.cmd("RCPT TO:<info@example.jp>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<user@example.jp>").await.starts_with("250"));
+    c.cmd("DATA").await;
+    assert!(c.cmd("x\r\n.").await.starts_with("250"));
+    let q = fake.queued.lock().unwrap();
+    let rcpts: Vec<String> = q[0].recipients.iter().map(|r| r.to_string()).collect();
+    assert_eq!(rcpts, ["user@example.jp"], "once, as its alias's target");
 }

@@ -50,10 +50,10 @@ impl Tables for ClusterBackend {
             .map_err(|e| e.to_string())
     }
 
-    fn alias_known(&self, address: &MailAddress) -> Result<bool, String> {
+    fn alias_targets(&self, address: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
         self.store
             .alias(address)
-            .map(|r| r.is_some())
+            .map(|r| r.map(|r| r.targets))
             .map_err(|e| e.to_string())
     }
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::IoStream;
 
 /// STARTTLS policy (Postfix's `smtp_tls_security_level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TlsLevel {
     /// Never.
     None,
@@ -88,6 +88,8 @@ pub struct SessionError {
     pub permanent: bool,
     /// A TLS handshake failed under `may`: the caller retries in the clear.
     pub retry_plain: bool,
+    /// A kept connection turned out closed before anything was accepted.
+    pub stale: bool,
 }
 
 impl SessionError {
@@ -97,6 +99,7 @@ impl SessionError {
             try_next: true,
             permanent: false,
             retry_plain: false,
+            stale: false,
         }
     }
 }
@@ -254,13 +257,87 @@ pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One transaction with the server at `addr` (called `host`).
+/// Connections kept open after a transaction, for the next message to the
+/// same server (Postfix's connection cache): at most `POOL_PER_SERVER` per
+/// server and settings, each for at most `POOL_IDLE`.
+#[derive(Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Idle>>>,
+}
+
+type PoolKey = (SocketAddr, TlsLevel, Option<String>, bool);
+
+struct Idle {
+    wire: Wire,
+    ehlo: Reply,
+    since: std::time::Instant,
+}
+
+const POOL_IDLE: Duration = Duration::from_secs(2);
+const POOL_PER_SERVER: usize = 20;
+
+impl Pool {
+    fn key(addr: SocketAddr, opts: &ClientOptions) -> PoolKey {
+        (
+            addr,
+            opts.tls,
+            opts.sasl.as_ref().map(|(u, _)| u.clone()),
+            opts.lmtp,
+        )
+    }
+
+    fn take(&self, key: &PoolKey) -> Option<Idle> {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = m.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < POOL_IDLE {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: PoolKey, idle: Idle) {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = m.entry(key).or_default();
+        if list.len() < POOL_PER_SERVER {
+            list.push(idle);
+        }
+    }
+
+    /// Closes connections idle for too long.
+    pub fn expire(&self) {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for list in m.values_mut() {
+            list.retain(|i| i.since.elapsed() < POOL_IDLE);
+        }
+        m.retain(|_, l| !l.is_empty());
+    }
+}
+
+/// One transaction with the server at `addr` (called `host`), over a kept
+/// connection when there is one.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
     opts: &ClientOptions,
     env: &Envelope<'_>,
+    pool: &Pool,
 ) -> Result<Vec<RcptOutcome>, SessionError> {
+    let key = Pool::key(addr, opts);
+    if let Some(mut idle) = pool.take(&key) {
+        match transaction(&mut idle.wire, host, opts, env, &idle.ehlo).await {
+            Ok(out) => {
+                idle.since = std::time::Instant::now();
+                pool.put(key, idle);
+                return Ok(out);
+            }
+            // The server closed the kept connection before MAIL was
+            // answered: nothing was taken, a new connection is safe.
+            Err(e) if e.stale => {}
+            Err(e) => return Err(e),
+        }
+    }
     let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -280,13 +357,33 @@ pub async fn deliver(
         buf: Vec::new(),
         timeout: opts.command_timeout,
     };
-    let r = session(&mut w, host, opts, env).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = w.send(b"QUIT\r\n").await;
-        let _ = w.io.shutdown().await;
-    })
-    .await;
-    r
+    let r = match setup(&mut w, host, opts).await {
+        Ok(ehlo) => transaction(&mut w, host, opts, env, &ehlo)
+            .await
+            .map(|out| (out, ehlo)),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok((out, ehlo)) => {
+            pool.put(
+                key,
+                Idle {
+                    wire: w,
+                    ehlo,
+                    since: std::time::Instant::now(),
+                },
+            );
+            Ok(out)
+        }
+        Err(e) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = w.send(b"QUIT\r\n").await;
+                let _ = w.io.shutdown().await;
+            })
+            .await;
+            Err(e)
+        }
+    }
 }
 
 async fn hello(w: &mut Wire, opts: &ClientOptions) -> Result<Reply, SessionError> {
@@ -310,15 +407,12 @@ async fn hello(w: &mut Wire, opts: &ClientOptions) -> Result<Reply, SessionError
         try_next: true,
         permanent: r.permanent(),
         retry_plain: false,
+        stale: false,
     })
 }
 
-async fn session(
-    w: &mut Wire,
-    host: &str,
-    opts: &ClientOptions,
-    env: &Envelope<'_>,
-) -> Result<Vec<RcptOutcome>, SessionError> {
+/// Greeting, EHLO, STARTTLS and AUTH: the EHLO reply the transaction uses.
+async fn setup(w: &mut Wire, host: &str, opts: &ClientOptions) -> Result<Reply, SessionError> {
     let greeting = w.reply().await?;
     if !greeting.positive() {
         return Err(SessionError {
@@ -326,6 +420,7 @@ async fn session(
             try_next: true,
             permanent: greeting.permanent(),
             retry_plain: false,
+            stale: false,
         });
     }
     let mut ehlo = hello(w, opts).await?;
@@ -361,6 +456,7 @@ async fn session(
                             try_next: true,
                             permanent: false,
                             retry_plain: opts.tls == TlsLevel::May,
+                            stale: false,
                         });
                     }
                     Err(_) => {
@@ -369,6 +465,7 @@ async fn session(
                             try_next: true,
                             permanent: false,
                             retry_plain: opts.tls == TlsLevel::May,
+                            stale: false,
                         });
                     }
                 }
@@ -421,15 +518,28 @@ async fn session(
                 try_next: false,
                 permanent: false,
                 retry_plain: false,
+                stale: false,
             });
         }
     }
+    Ok(ehlo)
+}
+
+/// MAIL, RCPT, DATA on a set-up connection.
+async fn transaction(
+    w: &mut Wire,
+    host: &str,
+    opts: &ClientOptions,
+    env: &Envelope<'_>,
+    ehlo: &Reply,
+) -> Result<Vec<RcptOutcome>, SessionError> {
     if env.smtputf8 && !ehlo.has("SMTPUTF8") {
         return Err(SessionError {
             reason: format!("SMTPUTF8 is required, but was not offered by host {host}"),
             try_next: false,
             permanent: true,
             retry_plain: false,
+            stale: false,
         });
     }
     if env.eight_bit && !ehlo.has("8BITMIME") && !opts.lmtp {
@@ -440,6 +550,7 @@ async fn session(
             try_next: false,
             permanent: true,
             retry_plain: false,
+            stale: false,
         });
     }
     let mut mail = format!(
@@ -462,20 +573,21 @@ async fn session(
         .iter()
         .map(|r| format!("RCPT TO:<{r}>\r\n"))
         .collect();
+    let stale = |e: SessionError| SessionError { stale: true, ..e };
     let (mail_reply, rcpt_replies) = if pipelining {
         let mut batch = format!("{mail}\r\n");
         for l in &rcpt_lines {
             batch.push_str(l);
         }
-        w.send(batch.as_bytes()).await?;
-        let m = w.reply().await?;
+        w.send(batch.as_bytes()).await.map_err(stale)?;
+        let m = w.reply().await.map_err(stale)?;
         let mut rs = Vec::new();
         for _ in &rcpt_lines {
             rs.push(w.reply().await?);
         }
         (m, rs)
     } else {
-        let m = w.cmd(&mail).await?;
+        let m = w.cmd(&mail).await.map_err(stale)?;
         let mut rs = Vec::new();
         if m.positive() {
             for l in &rcpt_lines {
@@ -494,6 +606,7 @@ async fn session(
             try_next: false,
             permanent: mail_reply.permanent(),
             retry_plain: false,
+            stale: false,
         });
     }
     let mut out: Vec<Option<RcptOutcome>> = rcpt_replies

@@ -146,6 +146,7 @@ pub async fn run_queue_manager<Q: QueueStore>(
     let settling: Arc<Mutex<HashMap<QueueId, (QueueEntry, Instant)>>> = Arc::default();
     let total = Arc::new(Semaphore::new(settings.total_concurrency.max(1)));
     let per_dest: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Arc::default();
+    let pool: Arc<client::Pool> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_scan = Instant::now() - SCAN_GAP;
     loop {
@@ -167,6 +168,7 @@ pub async fn run_queue_manager<Q: QueueStore>(
             continue;
         }
         last_scan = Instant::now();
+        pool.expire();
         let due = match store.due(now_ms()) {
             Ok(d) => d,
             Err(e) => {
@@ -191,17 +193,18 @@ pub async fn run_queue_manager<Q: QueueStore>(
             let Ok(permit) = total.clone().acquire_owned().await else {
                 break;
             };
-            let (store, settings, in_flight, per_dest, settling) = (
+            let (store, settings, in_flight, per_dest, settling, pool) = (
                 store.clone(),
                 settings.clone(),
                 in_flight.clone(),
                 per_dest.clone(),
                 settling.clone(),
+                pool.clone(),
             );
             tasks.spawn(async move {
                 let id = entry.queue_id.clone();
                 let before = entry.clone();
-                deliver_message(store.as_ref(), &settings, &per_dest, entry).await;
+                deliver_message(store.as_ref(), &settings, &per_dest, &pool, entry).await;
                 settling
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -245,6 +248,7 @@ async fn deliver_message<Q: QueueStore>(
     store: &Q,
     s: &DeliverySettings,
     per_dest: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: &client::Pool,
     entry: QueueEntry,
 ) {
     let id = entry.queue_id.clone();
@@ -317,7 +321,7 @@ async fn deliver_message<Q: QueueStore>(
         let Ok(_permit) = sem.acquire_owned().await else {
             return;
         };
-        tried.extend(deliver_group(store, s, &entry, &body, &specs, &rcpts).await);
+        tried.extend(deliver_group(store, s, pool, &entry, &body, &specs, &rcpts).await);
     }
     commit_outcomes(store, s, &entry, &body, &attempts, tried, started).await;
 }
@@ -326,6 +330,7 @@ async fn deliver_message<Q: QueueStore>(
 async fn deliver_group<Q: QueueStore>(
     store: &Q,
     s: &DeliverySettings,
+    pool: &client::Pool,
     entry: &QueueEntry,
     body: &[u8],
     specs: &[TransportSpec],
@@ -374,13 +379,13 @@ async fn deliver_group<Q: QueueStore>(
                         eight_bit: entry.eight_bit,
                         smtputf8: entry.smtputf8,
                     };
-                    let mut r = client::deliver(c.addr, &c.host, &opts, &env).await;
+                    let mut r = client::deliver(c.addr, &c.host, &opts, &env, pool).await;
                     if let Err(e) = &r
                         && e.retry_plain
                     {
                         tracing::info!(target: "postfix/smtp", "{}: {}; retrying without TLS", entry.queue_id, e.reason);
                         opts.tls = TlsLevel::None;
-                        r = client::deliver(c.addr, &c.host, &opts, &env).await;
+                        r = client::deliver(c.addr, &c.host, &opts, &env, pool).await;
                     }
                     match r {
                         Ok(outcomes) => {
