@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# tests/support/postfix-dest.sh: a private Postfix instance as the final
+# destination of a domain, delivering to Maildir, for hamail's tests.
+#
+#   tests/support/postfix-dest.sh start DIR HOST:PORT DOMAIN
+#   tests/support/postfix-dest.sh stop DIR
+#
+# start: installs postfix if missing (with "No configuration": no system
+# instance is configured or started), writes DIR/etc/main.cf, master.cf and
+# vmailbox.regexp, starts `postfix -c DIR/etc start`, waits (at most 20 s)
+# for the "220" greeting on HOST:PORT (an IPv4 address), then prints on
+# stdout:
+#   READY HOST:PORT
+#   PIDFILE DIR/queue/pid/master.pid
+# stop: `postfix -c DIR/etc stop`; waits (at most 20 s) for the master and
+# the children it had to exit (SIGKILL after that). Stopping an instance that
+# is not running is not an error.
+#
+# What it accepts: any recipient @DOMAIN (exactly DOMAIN, not subdomains),
+# from any client (mynetworks = 127.0.0.0/8 is set, but nothing is relayed:
+# a recipient in another domain gets "554 5.7.1 Relay access denied"). With
+# PF_REJECT_USERS="nosuchuser ..." those local parts of DOMAIN are refused
+# at RCPT TO with "550 5.1.1 ... User unknown in virtual mailbox table"
+# (default: none, every local part is accepted).
+#
+# Where mail goes (virtual(8), Maildir, one file per message and recipient):
+#   DIR/mail/DOMAIN/LOCAL/new/<file>  LOCAL = the recipient's local part,
+#       lowercased, "+detail" removed (recipient_delimiter = +), when it is
+#       made of [a-z0-9._-] and starts with a letter or digit;
+#   DIR/mail/DOMAIN/_other/new/<file>  any other local part (quoted, UTF-8,
+#       other characters): "_other" cannot clash with a LOCAL above.
+# The DIR/mail tree belongs to nobody:nogroup (virtual(8) never delivers as
+# root): directories 0700, files 0600, which root, running the tests, reads.
+# Each file starts with Return-Path:, Delivered-To: and Received: headers.
+#
+# Also under DIR: queue/ (queue_directory), data/ (data_directory), maillog
+# (maillog_file: Postfix's log). Nothing under /etc/postfix is read or
+# changed. Nothing leaves the machine: default_transport and relay_transport
+# are error:, so a bounce to any sender is not sent. No chroot, no TLS,
+# no DNS (smtpd_peername_lookup = no); queue files and Maildir files are
+# fsynced (Postfix's default, left as is). Needs root. DIR is made 0755;
+# the directories above it must be searchable by others (o+x), else start
+# fails saying which (chmod 755 a mktemp -d or tempdir parent first).
+set -euo pipefail
+
+me="tests/support/postfix-dest.sh"
+die() { echo "$me: $*" >&2; exit 1; }
+usage() { echo "usage: $me start DIR HOST:PORT DOMAIN | stop DIR" >&2; exit 2; }
+
+# Waits up to $2 deciseconds for process $1 to exit.
+wait_gone() {
+    local _
+    for _ in $(seq 1 "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    ! kill -0 "$1" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- packages
+install_postfix() {
+    command -v postfix >/dev/null 2>&1 && return 0
+    echo "$me: installing postfix" >&2
+    # "No configuration": no /etc/postfix/main.cf, and the system instance
+    # is neither configured nor started; only the private instance runs.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q postfix >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
+    command -v postfix >/dev/null 2>&1 || die "postfix install failed"
+}
+
+# `postfix -c DIR/etc ARGS`. Postfix commands print errors on stderr only
+# when it is a terminal (else to syslog or the maillog_file, neither of which
+# exists yet on a configuration error, so they would fail silently): give
+# them a pty when script(1) is there.
+pfx() {
+    local etc=$1
+    shift
+    if command -v script >/dev/null 2>&1; then
+        script -qec "postfix -c $etc $*" /dev/null
+    else
+        postfix -c "$etc" "$@"
+    fi
+}
+
+# ---------------------------------------------------------------- config
+# write_conf DIR HOST PORT DOMAIN
+write_conf() {
+    local dir=$1 host=$2 port=$3 domain=$4 compat=2 re_domain u uid gid
+    # 3.6 is the level the current defaults belong to; older releases reject it.
+    awk -v v="$(postconf -dh mail_version)" 'BEGIN { split(v, p, "."); exit !(p[1] > 3 || (p[1] == 3 && p[2] >= 6)) }' && compat=3.6
+    uid="$(id -u nobody)"
+    gid="$(id -g nobody)"
+    cat > "$dir/etc/main.cf" <<EOT
+# Written by $me: a private test instance with its own configuration, queue
+# and data directory; /etc/postfix/main.cf is never used.
+compatibility_level = $compat
+queue_directory = $dir/queue
+data_directory = $dir/data
+mail_owner = postfix
+setgid_group = postdrop
+# postlogd writes here; maillog_file must be under one of these prefixes.
+maillog_file_prefixes = $dir
+maillog_file = $dir/maillog
+syslog_name = postfix-dest
+# Not $host: Postfix insists that inet_interfaces addresses are configured
+# on an interface, and lo carries only 127.0.0.1/8. master.cf binds smtpd
+# to $host:$port explicitly, which needs no such check.
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+# Fixed names: no DNS or hostname lookups (the net is loopback only).
+myhostname = postfix-dest.invalid
+mydomain = invalid
+myorigin = \$myhostname
+append_dot_mydomain = no
+biff = no
+smtpd_peername_lookup = no
+# Nothing is local, nothing is relayed: $domain is the only destination.
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relay_domains =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = reject_unauth_destination
+smtpd_recipient_restrictions =
+# And nothing leaves: mail (bounces included) to any other domain fails here.
+default_transport = error:5.7.1 postfix-dest delivers only to $domain
+relay_transport = error:5.7.1 postfix-dest delivers only to $domain
+# $domain: Maildir per local part under $dir/mail (see vmailbox.regexp),
+# written by virtual(8) as nobody ($uid:$gid).
+virtual_mailbox_domains = $domain
+virtual_mailbox_base = $dir/mail
+virtual_mailbox_maps = regexp:$dir/etc/vmailbox.regexp
+virtual_uid_maps = static:$uid
+virtual_gid_maps = static:$gid
+virtual_minimum_uid = 100
+virtual_mailbox_limit = 0
+recipient_delimiter = +
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+EOT
+    # The lookup key is the whole recipient address (lowercased), then
+    # without its +detail. The first match wins; no match: 550 at RCPT.
+    re_domain="$(printf '%s' "$domain" | sed 's/[][\.*^$+?(){}|/]/\\&/g')"
+    {
+        echo "# Written by $me: recipient address -> Maildir (relative to"
+        echo "# virtual_mailbox_base; the trailing / means Maildir)."
+        for u in ${PF_REJECT_USERS:-}; do
+            u="$(printf '%s' "$u" | tr '[:upper:]' '[:lower:]' | sed 's/[][\.*^$+?(){}|/]/\\&/g')"
+            echo "if /^$u@$re_domain\$/"
+            echo "/./ !"
+            echo "endif"
+        done
+        echo "/^([a-z0-9][a-z0-9._-]*)@$re_domain\$/ $domain/\${1}/"
+        echo "/@$re_domain\$/ $domain/_other/"
+    } > "$dir/etc/vmailbox.regexp"
+    # Only the services that accept, queue and deliver mail need, none
+    # chrooted (a chroot would need copies of /etc files in the queue).
+    cat > "$dir/etc/master.cf" <<EOT
+$host:$port inet n - n - - smtpd
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+virtual   unix  - n n - - virtual
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+EOT
+}
+
+# ---------------------------------------------------------------- start/stop
+# Master pid of the instance in DIR, when it runs.
+running_pid() {
+    local pid
+    pid="$(tr -d ' \n' 2>/dev/null < "$1/queue/pid/master.pid" || true)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+# Waits (at most 20 s) for an "220" greeting on HOST PORT.
+wait_greeting() {
+    local _
+    for _ in $(seq 1 200); do
+        timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 3 <&3" 2>/dev/null | grep -q 220 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+start() {
+    [ $# = 3 ] || usage
+    local dir=$1 hp=$2 domain=$3 host port up
+    host="${hp%:*}"
+    port="${hp##*:}"
+    if ! [[ "$host" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || ! [[ "$port" =~ ^[0-9]+$ ]]; then
+        die "bad HOST:PORT '$hp' (an IPv4 address and a port)"
+    fi
+    domain="$(printf '%s' "$domain" | tr '[:upper:]' '[:lower:]')"
+    [[ "$domain" =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] || die "bad DOMAIN '$3'"
+    [ "$(id -u)" = 0 ] || die "run as root (Postfix's master and virtual delivery need it)"
+    install_postfix
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    # The postfix user (queue) and nobody (mail) must reach DIR: every
+    # directory above it must be searchable by others.
+    up=$dir
+    while [ "$up" != / ]; do
+        up="$(dirname "$up")"
+        (( 8#$(stat -c %a "$up") & 1 )) \
+            || die "$up is not searchable by others (mode $(stat -c %a "$up")); Postfix could not reach $dir: chmod o+x $up"
+    done
+    if [ -n "$(running_pid "$dir")" ]; then
+        die "a Postfix instance already runs in $dir (stop it first)"
+    fi
+    mkdir -p "$dir/etc" "$dir/queue" "$dir/data" "$dir/mail"
+    chmod 755 "$dir" "$dir/etc"
+    chown "$(id -u nobody):$(id -g nobody)" "$dir/mail"
+    write_conf "$dir" "$host" "$port" "$domain"
+    # Creates the queue subdirectories with their owners and modes (maildrop
+    # and public are group postdrop), checks, then starts the master.
+    pfx "$dir/etc" set-permissions >/dev/null || die "postfix set-permissions failed (see above)"
+    pfx "$dir/etc" check || die "postfix check failed (see above)"
+    pfx "$dir/etc" start >/dev/null || { tail -5 "$dir/maillog" >&2 2>/dev/null || true; die "postfix did not start"; }
+    if ! wait_greeting "$host" "$port"; then
+        echo "$me: no 220 greeting on $host:$port within 20 s; log ends:" >&2
+        tail -10 "$dir/maillog" >&2 2>/dev/null || true
+        stop "$dir" >/dev/null 2>&1 || true
+        exit 1
+    fi
+    echo "READY $host:$port"
+    echo "PIDFILE $dir/queue/pid/master.pid"
+}
+
+stop() {
+    [ $# = 1 ] || usage
+    local dir=$1 pid kids p left=""
+    pid="$(running_pid "$dir" || true)"
+    [ -n "$pid" ] || return 0
+    # The master's children, by parent pid, to wait for them too.
+    kids="$(ps -o pid= --ppid "$pid" 2>/dev/null | tr -s ' \n' ' ' || true)"
+    # `postfix stop` only signals the master; wait for it to be gone.
+    pfx "$dir/etc" stop >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid" 200; then
+        echo "$me: postfix master $pid still runs, killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 50 || true
+    fi
+    for p in $kids; do
+        wait_gone "$p" 100 || { kill -KILL "$p" 2>/dev/null || true; left="$left $p"; }
+    done
+    [ -z "$left" ] || echo "$me: killed leftover postfix processes:$left" >&2
+}
+
+case "${1:-}" in
+    start) shift; start "$@" ;;
+    stop) shift; stop "$@" ;;
+    *) usage ;;
+esac
