@@ -84,7 +84,7 @@ pfx() {
 # ---------------------------------------------------------------- config
 # write_conf DIR HOST PORT DOMAIN
 write_conf() {
-    local dir=$1 host=$2 port=$3 domain=$4 compat=2 re_domain u uid gid
+    local dir=$1 host=$2 port=$3 domain=$4 compat=2 re_domain uid gid u alt=""
     # 3.6 is the level the current defaults belong to; older releases reject it.
     awk -v v="$(postconf -dh mail_version)" 'BEGIN { split(v, p, "."); exit !(p[1] > 3 || (p[1] == 3 && p[2] >= 6)) }' && compat=3.6
     uid="$(id -u nobody)"
@@ -138,20 +138,21 @@ recipient_delimiter = +
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 EOT
-    # The lookup key is the whole recipient address (lowercased), then
-    # without its +detail. The first match wins; no match: 550 at RCPT.
-    re_domain="$(printf '%s' "$domain" | sed 's/[][\.*^$+?(){}|/]/\\&/g')"
+    # A regexp table sees the whole recipient address (no +detail stripping
+    # as for other tables: the patterns drop it). Case-insensitive patterns;
+    # the first match wins; no match: 550 at RCPT.
+    re_domain="$(printf '%s' "$domain" | sed 's/[.]/\\./g')"
     {
         echo "# Written by $me: recipient address -> Maildir (relative to"
         echo "# virtual_mailbox_base; the trailing / means Maildir)."
+        # PF_REJECT_USERS: everything below applies only to other addresses.
         for u in ${PF_REJECT_USERS:-}; do
-            u="$(printf '%s' "$u" | tr '[:upper:]' '[:lower:]' | sed 's/[][\.*^$+?(){}|/]/\\&/g')"
-            echo "if /^$u@$re_domain\$/"
-            echo "/./ !"
-            echo "endif"
+            alt="${alt:+$alt|}$(printf '%s' "$u" | sed 's/[^A-Za-z0-9_-]/\\&/g')"
         done
-        echo "/^([a-z0-9][a-z0-9._-]*)@$re_domain\$/ $domain/\${1}/"
+        [ -z "$alt" ] || echo "if !/^($alt)(\+[^@]*)?@$re_domain\$/"
+        echo "/^([a-z0-9][a-z0-9._-]*)(\+[^@]*)?@$re_domain\$/ $domain/\${1}/"
         echo "/@$re_domain\$/ $domain/_other/"
+        [ -z "$alt" ] || echo "endif"
     } > "$dir/etc/vmailbox.regexp"
     # Only the services that accept, queue and deliver mail need, none
     # chrooted (a chroot would need copies of /etc files in the queue).

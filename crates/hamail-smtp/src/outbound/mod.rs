@@ -149,9 +149,13 @@ pub async fn run_queue_manager<Q: QueueStore>(
     let pool: Arc<client::Pool> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_scan = Instant::now() - SCAN_GAP;
+    let mut scan_cost = Duration::ZERO;
     loop {
-        // Under load the log moves constantly: scan at most every SCAN_GAP.
-        let gap = SCAN_GAP.saturating_sub(last_scan.elapsed());
+        // Under load the log moves constantly: scan at most every SCAN_GAP,
+        // and never spend more than a tenth of the time scanning a big queue.
+        let gap = SCAN_GAP
+            .max(scan_cost * 10)
+            .saturating_sub(last_scan.elapsed());
         if !gap.is_zero() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -169,7 +173,9 @@ pub async fn run_queue_manager<Q: QueueStore>(
         }
         last_scan = Instant::now();
         pool.expire();
-        let due = match store.due(now_ms()) {
+        let due = store.due(now_ms());
+        scan_cost = last_scan.elapsed();
+        let due = match due {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the queue");
