@@ -44,11 +44,20 @@ mail_user="${LMTP_MAIL_USER:-mail}"
 die() { echo "$me: $*" >&2; exit 1; }
 usage() { echo "usage: $me start DIR HOST:PORT | stop DIR" >&2; exit 2; }
 
+# Whether process $1 runs (a zombie does not: the daemonized master's
+# parent is init, which may reap it only later).
+alive() {
+    local s
+    s="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+    s="${s// /}"
+    [ -n "$s" ] && [ "${s:0:1}" != Z ]
+}
+
 # Waits up to $2 deciseconds for process $1 to exit.
 wait_gone() {
     local _
-    for _ in $(seq 1 "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    ! kill -0 "$1" 2>/dev/null
+    for _ in $(seq 1 "$2"); do alive "$1" || return 0; sleep 0.1; done
+    ! alive "$1"
 }
 
 # ---------------------------------------------------------------- packages
@@ -193,7 +202,7 @@ EOT
 running_pid() {
     local pid
     pid="$(tr -d ' \n' 2>/dev/null < "$1/run/master.pid" || true)"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [ -n "$pid" ] && alive "$pid" && echo "$pid"
 }
 
 # Waits (at most 20 s) for an "220" greeting on HOST PORT.

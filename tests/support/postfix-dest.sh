@@ -6,10 +6,10 @@
 #   tests/support/postfix-dest.sh stop DIR
 #
 # start: installs postfix if missing (with "No configuration": no system
-# instance is configured or started), writes DIR/etc/main.cf, master.cf and
-# vmailbox.regexp, starts `postfix -c DIR/etc start`, waits (at most 20 s)
-# for the "220" greeting on HOST:PORT (an IPv4 address), then prints on
-# stdout:
+# instance is configured or started), writes DIR/etc/main.cf, master.cf,
+# vmailbox (texthash) and vmailbox.regexp, starts `postfix -c DIR/etc
+# start`, waits (at most 20 s) for the "220" greeting on HOST:PORT (an IPv4
+# address), then prints on stdout:
 #   READY HOST:PORT
 #   PIDFILE DIR/queue/pid/master.pid
 # stop: `postfix -c DIR/etc stop`; waits (at most 20 s) for the master and
@@ -18,20 +18,21 @@
 #
 # What it accepts: any recipient @DOMAIN (exactly DOMAIN, not subdomains),
 # from any client (mynetworks = 127.0.0.0/8 is set, but nothing is relayed:
-# a recipient in another domain gets "554 5.7.1 Relay access denied"). With
-# PF_REJECT_USERS="nosuchuser ..." those local parts of DOMAIN are refused
-# at RCPT TO with "550 5.1.1 ... User unknown in virtual mailbox table"
-# (default: none, every local part is accepted).
+# a recipient in another domain gets "554 5.7.1 Relay access denied").
+# PF_REJECT_USERS="nosuchuser ..." (default: none) names local parts that
+# are refused at RCPT TO with "550 5.1.1 ... User unknown in virtual mailbox
+# table" (with or without a +detail).
 #
-# Where mail goes (virtual(8), Maildir, one file per message and recipient):
-#   DIR/mail/DOMAIN/LOCAL/new/<file>  LOCAL = the recipient's local part,
-#       lowercased, "+detail" removed (recipient_delimiter = +), when it is
-#       made of [a-z0-9._-] and starts with a letter or digit;
-#   DIR/mail/DOMAIN/_other/new/<file>  any other local part (quoted, UTF-8,
-#       other characters): "_other" cannot clash with a LOCAL above.
+# Where mail goes (virtual(8), Maildir, one file per message and recipient,
+# each starting with Return-Path:, X-Original-To:, Delivered-To: headers):
+#   DIR/mail/DOMAIN/all/new/<file>    every recipient, by default: one
+#       shared Maildir (virtual(8) takes no per-user path out of a pattern
+#       table, so "any local part" cannot mean one Maildir each);
+#   DIR/mail/DOMAIN/LOCAL/new/<file>  for each LOCAL named in PF_USERS
+#       ("box other": local parts of [a-z0-9._-], not "all"), also reached
+#       as LOCAL+detail@DOMAIN and in any letter case.
 # The DIR/mail tree belongs to nobody:nogroup (virtual(8) never delivers as
 # root): directories 0700, files 0600, which root, running the tests, reads.
-# Each file starts with Return-Path:, Delivered-To: and Received: headers.
 #
 # Also under DIR: queue/ (queue_directory), data/ (data_directory), maillog
 # (maillog_file: Postfix's log). Nothing under /etc/postfix is read or
@@ -47,11 +48,20 @@ me="tests/support/postfix-dest.sh"
 die() { echo "$me: $*" >&2; exit 1; }
 usage() { echo "usage: $me start DIR HOST:PORT DOMAIN | stop DIR" >&2; exit 2; }
 
+# Whether process $1 runs (a zombie does not: the daemonized master's
+# parent is init, which may reap it only later).
+alive() {
+    local s
+    s="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+    s="${s// /}"
+    [ -n "$s" ] && [ "${s:0:1}" != Z ]
+}
+
 # Waits up to $2 deciseconds for process $1 to exit.
 wait_gone() {
     local _
-    for _ in $(seq 1 "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    ! kill -0 "$1" 2>/dev/null
+    for _ in $(seq 1 "$2"); do alive "$1" || return 0; sleep 0.1; done
+    ! alive "$1"
 }
 
 # ---------------------------------------------------------------- packages
@@ -125,11 +135,11 @@ smtpd_recipient_restrictions =
 # And nothing leaves: mail (bounces included) to any other domain fails here.
 default_transport = error:5.7.1 postfix-dest delivers only to $domain
 relay_transport = error:5.7.1 postfix-dest delivers only to $domain
-# $domain: Maildir per local part under $dir/mail (see vmailbox.regexp),
-# written by virtual(8) as nobody ($uid:$gid).
+# $domain: Maildirs under $dir/mail; the users of PF_USERS first (a fixed
+# table: +detail and case handled), every other local part to $domain/all/.
 virtual_mailbox_domains = $domain
 virtual_mailbox_base = $dir/mail
-virtual_mailbox_maps = regexp:$dir/etc/vmailbox.regexp
+virtual_mailbox_maps = texthash:$dir/etc/vmailbox, regexp:$dir/etc/vmailbox.regexp
 virtual_uid_maps = static:$uid
 virtual_gid_maps = static:$gid
 virtual_minimum_uid = 100
@@ -138,20 +148,30 @@ recipient_delimiter = +
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 EOT
-    # A regexp table sees the whole recipient address (no +detail stripping
-    # as for other tables: the patterns drop it). Case-insensitive patterns;
-    # the first match wins; no match: 550 at RCPT.
-    re_domain="$(printf '%s' "$domain" | sed 's/[.]/\\./g')"
+    # vmailbox: one line per PF_USERS local part (texthash: no postmap).
+    : > "$dir/etc/vmailbox"
+    for u in ${PF_USERS:-}; do
+        u="$(printf '%s' "$u" | tr '[:upper:]' '[:lower:]')"
+        if ! [[ "$u" =~ ^[a-z0-9][a-z0-9._-]*$ ]] || [ "$u" = all ]; then
+            die "PF_USERS: '$u' is not a local part of [a-z0-9._-] other than 'all'"
+        fi
+        echo "$u@$domain $domain/$u/" >> "$dir/etc/vmailbox"
+        alt="${alt:+$alt|}${u//./\\.}"
+    done
+    # vmailbox.regexp: everyone else. A pattern table is asked with the whole
+    # address only (no retry without +detail, unlike vmailbox) and its result
+    # can hold no $1 (virtual(8) forbids it), so: one Maildir for all, with
+    # PF_USERS and PF_REJECT_USERS (and any +detail) left out. No result:
+    # 550 at RCPT.
+    re_domain="${domain//./\\.}"
+    for u in ${PF_REJECT_USERS:-}; do
+        alt="${alt:+$alt|}$(printf '%s' "$u" | sed 's/[^A-Za-z0-9_-]/\\&/g')"
+    done
     {
         echo "# Written by $me: recipient address -> Maildir (relative to"
         echo "# virtual_mailbox_base; the trailing / means Maildir)."
-        # PF_REJECT_USERS: everything below applies only to other addresses.
-        for u in ${PF_REJECT_USERS:-}; do
-            alt="${alt:+$alt|}$(printf '%s' "$u" | sed 's/[^A-Za-z0-9_-]/\\&/g')"
-        done
         [ -z "$alt" ] || echo "if !/^($alt)(\+[^@]*)?@$re_domain\$/"
-        echo "/^([a-z0-9][a-z0-9._-]*)(\+[^@]*)?@$re_domain\$/ $domain/\${1}/"
-        echo "/@$re_domain\$/ $domain/_other/"
+        echo "/@$re_domain\$/ $domain/all/"
         [ -z "$alt" ] || echo "endif"
     } > "$dir/etc/vmailbox.regexp"
     # Only the services that accept, queue and deliver mail need, none
@@ -184,7 +204,7 @@ EOT
 running_pid() {
     local pid
     pid="$(tr -d ' \n' 2>/dev/null < "$1/queue/pid/master.pid" || true)"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [ -n "$pid" ] && alive "$pid" && echo "$pid"
 }
 
 # Waits (at most 20 s) for an "220" greeting on HOST PORT.
