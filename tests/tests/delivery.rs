@@ -396,3 +396,129 @@ fn the_queue_of_a_killed_node_is_delivered_by_the_survivors() {
         "a hand-over was logged"
     );
 }
+
+/// A private server started by a tests/support script; stopped on drop.
+struct Peer {
+    script: PathBuf,
+    dir: PathBuf,
+}
+
+impl Peer {
+    fn start(script: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("support")
+            .join(script);
+        // Output to a file, not a pipe: the daemon it starts keeps its
+        // descriptors, and a pipe would never close.
+        let log = dir.with_extension("start.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.success() && text.contains("READY"),
+            "{} failed: {text}",
+            script.display()
+        );
+        Peer {
+            script,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Real peers: Dovecot's LMTP (one status per recipient) and Postfix
+/// itself as the final destinations.
+#[test]
+fn dovecot_lmtp_and_postfix_take_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Dovecot and Postfix deliver as unprivileged users.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dovecot = Peer::start(
+        "dovecot-lmtp.sh",
+        &d.join("dc"),
+        &["127.0.0.52:2425"],
+        &[("LMTP_USERS", "box@lmtp.example other@lmtp.example")],
+    );
+    let postfix = Peer::start(
+        "postfix-dest.sh",
+        &d.join("pf"),
+        &["127.0.0.62:2526", "dest2.example"],
+        &[],
+    );
+    let rpc = 17650;
+    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+                 maximal_backoff_time_secs = 2\nsmtp_connect_timeout_secs = 5\n";
+    let nodes = form_cluster(d, rpc, 1, extra);
+    let n = &nodes[0];
+    let mailboxes = d.join("mail");
+    for (domain, kind, transport) in [
+        ("lmtp.example", "local", "lmtp:127.0.0.52:2425".to_string()),
+        ("dest2.example", "relay", "smtp:[127.0.0.62]:2526".into()),
+        (
+            "client.example",
+            "local",
+            format!("maildir:{}", mailboxes.display()),
+        ),
+    ] {
+        n.ok(&["domain", "add", domain, "--kind", kind]);
+        n.ok(&["transport", "set", domain, &transport]);
+    }
+    for r in [
+        "box@lmtp.example",
+        "nosuchuser@lmtp.example",
+        "anyone@dest2.example",
+        "sender@client.example",
+    ] {
+        n.ok(&["recipient", "add", r]);
+    }
+    let smtp = Node::smtp_addr(1, rpc);
+    let lmtp_id = send(
+        &smtp,
+        "sender@client.example",
+        &["box@lmtp.example", "nosuchuser@lmtp.example"],
+        "to-dovecot",
+    );
+    let pf_id = send(
+        &smtp,
+        "sender@client.example",
+        &["anyone@dest2.example"],
+        "to-postfix",
+    );
+    wait_for("the queue to empty", || (queue_len(n) == 0).then_some(()));
+
+    let in_dovecot = maildir(&dovecot.dir.join("mail/lmtp.example/box"));
+    assert_eq!(in_dovecot.len(), 1);
+    assert!(in_dovecot[0].contains(&format!("id {lmtp_id}")));
+    let in_postfix = maildir(&postfix.dir.join("mail/dest2.example/all"));
+    assert_eq!(in_postfix.len(), 1);
+    assert!(in_postfix[0].contains(&format!("id {pf_id}")));
+    // Dovecot refused nosuchuser: one DSN, for that recipient only.
+    let dsns = maildir(&mailboxes.join("client.example/sender"));
+    assert_eq!(dsns.len(), 1, "{dsns:#?}");
+    assert!(dsns[0].contains("Final-Recipient: rfc822; nosuchuser@lmtp.example"));
+    assert!(dsns[0].contains("Status: 5.1.1"));
+}

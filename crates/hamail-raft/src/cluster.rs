@@ -160,6 +160,16 @@ impl Cluster {
         self.running.read().await.as_ref().map(|r| r.node.clone())
     }
 
+    /// The raft node if there is one and the membership is not being
+    /// changed at this instant (never waits).
+    pub fn node_now(&self) -> Option<Arc<RaftNode>> {
+        self.running
+            .try_read()
+            .ok()?
+            .as_ref()
+            .map(|r| r.node.clone())
+    }
+
     async fn require_node(&self) -> Result<(Arc<RaftNode>, Pki), ClusterError> {
         let r = self.running.read().await;
         let r = r.as_ref().ok_or(ClusterError::NotInCluster)?;

@@ -27,11 +27,16 @@ pub struct ClusterBackend {
     own_listen: Vec<SocketAddr>,
     /// Set once this node is in a cluster (at start, or after init/join).
     node: OnceLock<Arc<RaftNode>>,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl ClusterBackend {
     fn node(&self) -> Option<&Arc<RaftNode>> {
-        self.node.get()
+        if let Some(n) = self.node.get() {
+            return Some(n);
+        }
+        let n = self.cluster.get()?.node_now()?;
+        Some(self.node.get_or_init(|| n))
     }
 }
 
@@ -379,6 +384,7 @@ pub fn smtpds(
             .filter_map(|l| l.local_addr().ok())
             .collect(),
         node: OnceLock::new(),
+        cluster: OnceLock::new(),
     });
     let settings = Arc::new(settings(cfg, data_dir)?);
     let servers = listeners
@@ -395,6 +401,8 @@ pub fn start(
     servers: Vec<Smtpd<ClusterBackend>>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // The node is looked up on first use (it may come with init/join).
+    let _ = backend.cluster.set(cluster);
     tokio::spawn(async move {
         let addrs: Vec<SocketAddr> = servers.iter().filter_map(|s| s.local_addr()).collect();
         let mut tasks = tokio::task::JoinSet::new();
@@ -402,19 +410,6 @@ pub fn start(
             tasks.spawn(s.run(cancel.clone()));
         }
         tracing::info!(listen = ?addrs, "smtpd serving");
-        let wait_node = async {
-            loop {
-                if let Some(n) = cluster.node().await {
-                    let _ = backend.node.set(n);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
-        tokio::select! {
-            _ = wait_node => {}
-            _ = cancel.cancelled() => {}
-        }
         while tasks.join_next().await.is_some() {}
     })
 }
