@@ -522,3 +522,139 @@ fn dovecot_lmtp_and_postfix_take_delivery() {
     assert!(dsns[0].contains("Final-Recipient: rfc822; nosuchuser@lmtp.example"));
     assert!(dsns[0].contains("Status: 5.1.1"));
 }
+
+/// The status name of each recipient of a queued message (None: gone).
+fn states(node: &Node, id: &str) -> Option<Vec<String>> {
+    let q = node.json(&["queue", "list", "--json"]);
+    let e = q.as_array()?.iter().find(|e| e["queue_id"] == id)?;
+    Some(
+        e["recipients"]
+            .as_array()?
+            .iter()
+            .map(|r| match &r["status"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .collect(),
+    )
+}
+
+/// Broken remote servers: each is bounded by a timeout and deferred (or,
+/// for STARTTLS under `may`, retried in the clear); MX records pointing at
+/// ourselves, at nothing, or through a CNAME.
+#[test]
+fn broken_destinations_are_deferred_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rpc = 17670;
+    let dns = Node::dns_port(rpc);
+    let our_smtp = Node::smtp_port(rpc);
+    let extra = format!(
+        "\n[delivery]\nresolver = \"127.0.0.11:{dns}\"\nsmtp_port = {our_smtp}\n\
+         minimal_backoff_time_secs = 1\nmaximal_backoff_time_secs = 2\n\
+         smtp_connect_timeout_secs = 2\nsmtp_timeout_secs = 2\n\
+         smtp_tls_policy = {{ \"[127.0.0.47]:2701\" = \"encrypt\" }}\n"
+    );
+    let nodes = form_cluster(d, rpc, 1, &extra);
+    let n = &nodes[0];
+    let sinks: Vec<Sink> = [
+        ("127.0.0.41:2701", vec!["--hang-greeting"]),
+        ("127.0.0.42:2701", vec!["--hang-after-data"]),
+        ("127.0.0.43:2701", vec!["--drop-after-data"]),
+        (
+            "127.0.0.44:2701",
+            vec!["--garbage-reply", "ehlo", "--garbage-style", "multiline"],
+        ),
+        ("127.0.0.45:2701", vec!["--garbage-reply", "greeting"]),
+        ("127.0.0.46:2701", vec!["--bad-starttls"]),
+        ("127.0.0.47:2701", vec!["--bad-starttls"]),
+    ]
+    .iter()
+    .map(|(l, a)| Sink::start(l, d, a))
+    .collect();
+    let cname_sink = Sink::start(&format!("127.0.0.48:{our_smtp}"), d, &[]);
+
+    let zone = format!(
+        "$ORIGIN t.example.\n$TTL 60\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n\
+         @ IN NS ns1\nns1 IN A 127.0.0.11\n\
+         loop IN MX 10 mx.loop\nmx.loop IN A 127.0.0.11\n\
+         nowhere IN MX 10 nothing.nowhere\n\
+         cname IN MX 10 alias.cname\nalias.cname IN CNAME real.cname\nreal.cname IN A 127.0.0.48\n"
+    );
+    let z = d.join("t.zone");
+    std::fs::write(&z, zone).unwrap();
+    n.ok(&["zone", "add", "t.example", "--file", z.to_str().unwrap()]);
+    let routes = [
+        ("hang.example", "127.0.0.41"),
+        ("hangdata.example", "127.0.0.42"),
+        ("drop.example", "127.0.0.43"),
+        ("junk.example", "127.0.0.44"),
+        ("junkgreet.example", "127.0.0.45"),
+        ("tlsmay.example", "127.0.0.46"),
+        ("tlsmust.example", "127.0.0.47"),
+    ];
+    let mut ids = BTreeMap::new();
+    let smtp = Node::smtp_addr(1, rpc);
+    for (domain, ip) in routes {
+        n.ok(&["domain", "add", domain, "--kind", "relay"]);
+        n.ok(&["transport", "set", domain, &format!("smtp:[{ip}]:2701")]);
+        n.ok(&["recipient", "add", &format!("u@{domain}")]);
+    }
+    for (domain, _) in routes {
+        ids.insert(
+            domain,
+            send(&smtp, "s@client.example", &[&format!("u@{domain}")], domain),
+        );
+    }
+    // Foreign domains, relayed for mynetworks by MX lookup.
+    for domain in ["loop.t.example", "nowhere.t.example", "cname.t.example"] {
+        ids.insert(
+            domain,
+            send(&smtp, "s@client.example", &[&format!("u@{domain}")], domain),
+        );
+    }
+
+    // Delivered: STARTTLS failed under `may`, retried in the clear; MX
+    // through a CNAME.
+    for domain in ["tlsmay.example", "cname.t.example"] {
+        wait_for("delivery", || {
+            states(n, &ids[domain]).is_none().then_some(())
+        });
+    }
+    let m = sinks[5].messages();
+    assert_eq!(m.len(), 1, "127.0.0.46 got it in the clear");
+    assert_eq!(m[0].0["tls"], false);
+    assert_eq!(cname_sink.count(), 1);
+    // Bounced at once: an MX host without an address.
+    wait_for("the MX to nowhere to bounce", || {
+        states(n, &ids["nowhere.t.example"]).is_none().then_some(())
+    });
+    // Deferred, and tried again: every broken server, TLS required but
+    // failing, and the MX that is ourselves.
+    for domain in [
+        "hang.example",
+        "hangdata.example",
+        "drop.example",
+        "junk.example",
+        "junkgreet.example",
+        "tlsmust.example",
+        "loop.t.example",
+    ] {
+        wait_for("a deferral", || {
+            (states(n, &ids[domain])? == ["deferred"]).then_some(())
+        });
+    }
+    let log = n.log_text();
+    for want in [
+        "timeout waiting for a reply",
+        "outcome unknown",
+        "malformed reply",
+        "retrying without TLS",
+        "loops back to myself",
+        "Host or domain name not found",
+    ] {
+        assert!(log.contains(want), "log lacks {want:?}");
+    }
+    assert_eq!(sinks[6].count(), 0, "TLS required: never sent in the clear");
+}
