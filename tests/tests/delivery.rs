@@ -575,13 +575,11 @@ fn broken_destinations_are_deferred_never_lost() {
     .collect();
     let cname_sink = Sink::start(&format!("127.0.0.48:{our_smtp}"), d, &[]);
 
-    let zone = format!(
-        "$ORIGIN t.example.\n$TTL 60\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n\
+    let zone = "$ORIGIN t.example.\n$TTL 60\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n\
          @ IN NS ns1\nns1 IN A 127.0.0.11\n\
          loop IN MX 10 mx.loop\nmx.loop IN A 127.0.0.11\n\
          nowhere IN MX 10 nothing.nowhere\n\
-         cname IN MX 10 alias.cname\nalias.cname IN CNAME real.cname\nreal.cname IN A 127.0.0.48\n"
-    );
+         cname IN MX 10 alias.cname\nalias.cname IN CNAME real.cname\nreal.cname IN A 127.0.0.48\n";
     let z = d.join("t.zone");
     std::fs::write(&z, zone).unwrap();
     n.ok(&["zone", "add", "t.example", "--file", z.to_str().unwrap()]);
