@@ -656,3 +656,36 @@ fn broken_destinations_are_deferred_never_lost() {
     }
     assert_eq!(sinks[6].count(), 0, "TLS required: never sent in the clear");
 }
+
+/// Scenario 2: `relayhost = [relay1]` is down, `smtp_fallback_relay =
+/// [relay2]` takes the mail.
+#[test]
+fn a_dead_relayhost_hands_mail_to_the_fallback_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rpc = 17690;
+    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nrelayhost = \"[127.0.0.71]:2627\"\n\
+                 smtp_fallback_relay = [\"[127.0.0.72]:2627\"]\nsmtp_connect_timeout_secs = 5\n";
+    let nodes = form_cluster(d, rpc, 1, extra);
+    let relay2 = Sink::start("127.0.0.72:2627", d, &[]);
+    let smtp = Node::smtp_addr(1, rpc);
+    let id = send(
+        &smtp,
+        "app@internal.example",
+        &["someone@provider.example"],
+        "outbound",
+    );
+    wait_for("the fallback relay to get it", || {
+        (relay2.count() == 1).then_some(())
+    });
+    assert_eq!(
+        hamail_id(&relay2.messages()[0].1).as_deref(),
+        Some(id.as_str())
+    );
+    wait_for("the queue to empty", || {
+        (queue_len(&nodes[0]) == 0).then_some(())
+    });
+    assert!(nodes[0].log_text().contains(&format!(
+        "{id}: to=<someone@provider.example>, relay=127.0.0.72[127.0.0.72]:2627"
+    )));
+}
