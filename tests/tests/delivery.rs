@@ -133,9 +133,11 @@ fn the_scenarios_deliver_as_a_postfix_operator_expects() {
          smtp_tls_policy = {{ \"[primary.example.jp]:2628\" = \"encrypt\" }}\n",
         sasl.display()
     );
-    let nodes = form_cluster(d, rpc, 1, &extra);
+    // Three sites; mail comes in at all three, and each delivers its own.
+    let nodes = form_cluster(d, rpc, 3, &extra);
     let n = &nodes[0];
     let smtp = Node::smtp_addr(1, rpc);
+    let site = |i: usize| Node::smtp_addr((i % 3) as u8 + 1, rpc);
 
     // The primary MX: submission with STARTTLS and AUTH required (587 in
     // production; 2628 here), like Postfix with smtpd_tls_auth_only.
@@ -212,10 +214,17 @@ fn the_scenarios_deliver_as_a_postfix_operator_expects() {
     }
 
     let from = "sender@client.example";
-    let sasl_id = send(&smtp, from, &["user@example.jp"], "to-primary");
-    let fb_id = send(&smtp, from, &["a@relay.example"], "to-fallback");
+    for node in &nodes {
+        wait_for("the tables on every node", || {
+            node.ok(&["recipient", "list"])
+                .contains("gone@lmtp.example")
+                .then_some(())
+        });
+    }
+    let sasl_id = send(&site(1), from, &["user@example.jp"], "to-primary");
+    let fb_id = send(&site(2), from, &["a@relay.example"], "to-fallback");
     let mx_ids: Vec<String> = (0..20)
-        .map(|i| send(&smtp, from, &["x@dest.example"], &format!("mx-{i}")))
+        .map(|i| send(&site(i), from, &["x@dest.example"], &format!("mx-{i}")))
         .collect();
     let bounce_id = send(&smtp, from, &["u@reject.example"], "to-reject");
     let retry_id = send(&smtp, from, &["u@tempfail.example"], "to-tempfail");
@@ -234,7 +243,11 @@ fn the_scenarios_deliver_as_a_postfix_operator_expects() {
         .unwrap();
     assert!(queued_id(&r).is_some(), "{r:?}");
 
-    wait_for("the queue to empty", || (queue_len(n) == 0).then_some(()));
+    for node in &nodes {
+        wait_for("the queue to empty", || {
+            (queue_len(node) == 0).then_some(())
+        });
+    }
 
     // 1. Backup MX -> primary over "587" with STARTTLS and SASL.
     let got = primary.messages();
@@ -282,7 +295,7 @@ fn the_scenarios_deliver_as_a_postfix_operator_expects() {
     assert!(dsn.contains("Final-Recipient: rfc822; gone@lmtp.example"));
     assert!(!dsn.contains("Final-Recipient: rfc822; box@lmtp.example"));
 
-    let log = n.log_text();
+    let log: String = nodes.iter().map(|n| n.log_text()).collect();
     for want in [
         format!("{sasl_id}: to=<user@example.jp>, relay=primary.example.jp[127.0.0.31]:2628"),
         format!("{retry_id}: to=<u@tempfail.example>, relay=127.0.0.37[127.0.0.37]:2627"),
