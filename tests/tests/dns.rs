@@ -314,6 +314,7 @@ fn an_edit_on_any_node_is_answered_by_all_three() {
         assert!(ns.contains(&format!("n{i}.example.jp.")), "{ns}");
     }
     let out = nodes[2].ok(&["record", "add", "example.jp", "www 300 IN A 192.0.2.80"]);
+    let edited = std::time::Instant::now();
     let serial: u64 = out
         .rsplit("serial ")
         .next()
@@ -332,6 +333,11 @@ fn an_edit_on_any_node_is_answered_by_all_three() {
         );
         assert_eq!(a.trim(), "192.0.2.80");
     }
+    // Reported, not asserted (shared machines): the issue asks for < 1 s.
+    eprintln!(
+        "edit visible on all three nodes {} ms after the CLI returned (includes the kdig runs)",
+        edited.elapsed().as_millis()
+    );
     // A node cut off from the others still answers from its own state, and
     // refuses edits it cannot commit.
     nodes[0].kill9();
@@ -342,6 +348,76 @@ fn an_edit_on_any_node_is_answered_by_all_three() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("quorum"), "{}", stderr(&out));
     assert_eq!(soa_serial("127.0.0.13", dns, "example.jp"), Some(serial));
+}
+
+/// Zones bigger than one DNS message transfer in several (NSD, BIND and
+/// Knot accept that); names below a delegation get a referral with glue;
+/// negative answers carry the SOA's MINIMUM as their TTL.
+#[test]
+fn big_zones_delegations_and_negative_ttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18905;
+    let node = single(dir.path(), port);
+    let mut zone = String::from(
+        "$ORIGIN big.example.\n$TTL 3600\n@ IN SOA ns1 hostmaster 7 3600 600 86400 300\n\
+         @ IN NS ns1\nns1 IN A 192.0.2.53\nsub IN NS ns.sub\nsub IN NS ns.elsewhere.example.\n\
+         ns.sub IN A 192.0.2.99\n",
+    );
+    for i in 0..3000 {
+        zone.push_str(&format!("host{i} IN A 10.0.{}.{}\n", i / 256, i % 256));
+    }
+    let file = dir.path().join("big.zone");
+    std::fs::write(&file, zone).unwrap();
+    node.ok(&[
+        "zone",
+        "add",
+        "big.example",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    wait_for("the zone served", || {
+        soa_serial("127.0.0.1", port, "big.example").filter(|s| *s == 7)
+    });
+
+    let axfr = kdig("127.0.0.1", port, &["big.example", "AXFR"]);
+    let records = axfr.lines().filter(|l| l.contains("\tIN\t")).count();
+    assert_eq!(records, 3000 + 5 + 2, "every record and the SOA twice");
+    let messages: usize = axfr
+        .split("Received ")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        messages > 1,
+        "one 64 KiB message cannot hold it: {messages}"
+    );
+
+    let r = kdig("127.0.0.1", port, &["www.sub.big.example", "A"]);
+    assert_eq!(status(&r), "NOERROR");
+    assert!(
+        !r.contains("Flags: qr aa"),
+        "a referral is not authoritative: {r}"
+    );
+    assert!(
+        r.contains("sub.big.example.") && r.contains("NS\tns.sub.big.example."),
+        "{r}"
+    );
+    assert!(
+        r.contains("ns.sub.big.example.") && r.contains("192.0.2.99"),
+        "glue: {r}"
+    );
+
+    let r = kdig("127.0.0.1", port, &["nothere.big.example", "A"]);
+    assert_eq!(status(&r), "NXDOMAIN");
+    let soa_line = r.lines().find(|l| l.contains("\tSOA\t")).unwrap_or("");
+    let ttl: u32 = soa_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(ttl, 300, "negative TTL = min(SOA TTL, MINIMUM): {soa_line}");
 }
 
 /// A DNS header: id, flags, then the four section counts.

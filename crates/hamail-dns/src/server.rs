@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hamail_store::Store;
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RecordSet, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordSet, RecordType};
 use hickory_proto::serialize::txt::Parser;
 use hickory_server::Server;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
@@ -54,8 +54,35 @@ pub struct DnsServer;
 /// address is reported before the node changes anything.
 pub struct DnsSockets(Vec<(SocketAddr, Vec<UdpSocket>, TcpListener)>);
 
+/// What queries are answered from: hickory's catalog, and per zone what we
+/// answer ourselves — zone transfers (in as many messages as the zone
+/// needs) and referrals below delegation points (with glue, AA clear).
+pub(crate) struct Served {
+    catalog: Catalog,
+    zones: BTreeMap<LowerName, ZoneData>,
+}
+
+struct ZoneData {
+    /// The SOA as the zone file has it (its own TTL).
+    soa: Record,
+    /// Every other record, in name order.
+    records: Vec<Record>,
+    /// Delegation points (NS below the apex), deepest first.
+    cuts: Vec<Cut>,
+}
+
+struct Cut {
+    name: LowerName,
+    ns: Vec<Record>,
+    /// A/AAAA of the NS targets that the zone holds.
+    glue: Vec<Record>,
+}
+
+/// Records per AXFR message: well under 64 KiB for any record we hold.
+const AXFR_RECORDS_PER_MESSAGE: usize = 100;
+
 pub(crate) struct Handler {
-    catalog: Arc<ArcSwap<Catalog>>,
+    served: Arc<ArcSwap<Served>>,
     allow_axfr: Vec<IpAddr>,
 }
 
@@ -95,6 +122,7 @@ impl RequestHandler for Handler {
         request: &Request,
         response: R,
     ) -> ResponseInfo {
+        let served = self.served.load_full();
         if request.metadata.op_code == OpCode::Query
             && let Ok(info) = request.request_info()
         {
@@ -102,28 +130,196 @@ impl RequestHandler for Handler {
             if q.query_class() != DNSClass::IN {
                 return refuse(request, response, ResponseCode::Refused).await;
             }
-            if matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR)
-                && (request.protocol() != Protocol::Tcp
-                    || !self.allow_axfr.contains(&request.src().ip()))
-            {
-                tracing::info!(src = %request.src(), zone = %q.name(), "dns: zone transfer refused");
-                return refuse(request, response, ResponseCode::Refused).await;
+            if matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR) {
+                if request.protocol() != Protocol::Tcp
+                    || !self.allow_axfr.contains(&request.src().ip())
+                {
+                    tracing::info!(src = %request.src(), zone = %q.name(), "dns: zone transfer refused");
+                    return refuse(request, response, ResponseCode::Refused).await;
+                }
+                return match served.zones.get(q.name()) {
+                    // IXFR is answered with the whole zone (RFC 1995 4).
+                    Some(z) => transfer(request, response, z).await,
+                    None => refuse(request, response, ResponseCode::NotAuth).await,
+                };
+            }
+            if let Some(cut) = served.cut_for(q.name(), q.query_type()) {
+                return referral(request, response, cut).await;
             }
         }
-        let catalog = self.catalog.load_full();
-        catalog.handle_request::<R, T>(request, response).await
+        served
+            .catalog
+            .handle_request::<R, T>(request, response)
+            .await
     }
 }
 
-/// Builds the catalog from the store; returns it with each zone's serial.
-fn build(store: &Store) -> (Catalog, BTreeMap<String, u32>) {
+impl Served {
+    /// The delegation a query falls under, if any: the deepest cut at or
+    /// above the name in the deepest zone holding it (a DS query at the cut
+    /// itself is the parent's to answer).
+    fn cut_for(&self, name: &LowerName, qtype: RecordType) -> Option<&Cut> {
+        let zone = self
+            .zones
+            .iter()
+            .filter(|(origin, _)| origin.zone_of(name))
+            .max_by_key(|(origin, _)| origin.num_labels())?
+            .1;
+        zone.cuts
+            .iter()
+            .find(|c| c.name.zone_of(name) && !(c.name == *name && qtype == RecordType::DS))
+    }
+}
+
+fn answer_header(request: &Request, authoritative: bool) -> Metadata {
+    let mut m = Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query);
+    m.authoritative = authoritative;
+    m.recursion_desired = request.metadata.recursion_desired;
+    m.response_code = ResponseCode::NoError;
+    m
+}
+
+/// A referral: the cut's NS in the authority section, glue in the
+/// additional section, AA clear (RFC 1034 4.3.2).
+async fn referral<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    cut: &Cut,
+) -> ResponseInfo {
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(edns) = &request.edns {
+        builder.edns(edns);
+    }
+    let msg = builder.build(
+        answer_header(request, false),
+        std::iter::empty(),
+        cut.ns.iter(),
+        std::iter::empty(),
+        cut.glue.iter(),
+    );
+    match response.send_response(msg).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "dns: sending a referral failed");
+            header_of(request, ResponseCode::ServFail).into()
+        }
+    }
+}
+
+/// A zone transfer: SOA, the records, SOA again, in as many messages as it
+/// takes (RFC 5936), so zones of any size reach the secondaries.
+async fn transfer<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    z: &ZoneData,
+) -> ResponseInfo {
+    let mut all: Vec<&Record> = Vec::with_capacity(z.records.len() + 2);
+    all.push(&z.soa);
+    all.extend(z.records.iter());
+    all.push(&z.soa);
+    let mut last = None;
+    for chunk in all.chunks(AXFR_RECORDS_PER_MESSAGE) {
+        let msg = MessageResponseBuilder::new(&request.queries, None).build(
+            answer_header(request, true),
+            chunk.iter().copied(),
+            std::iter::empty(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        match response.send_response(msg).await {
+            Ok(info) => last = Some(info),
+            Err(e) => {
+                tracing::info!(src = %request.src(), error = %e, "dns: zone transfer aborted");
+                break;
+            }
+        }
+    }
+    tracing::info!(src = %request.src(), zone = %z.soa.name, records = all.len(), "dns: zone transferred");
+    last.unwrap_or_else(|| header_of(request, ResponseCode::ServFail).into())
+}
+
+/// The zone's records for AXFR and its delegation points, from the parsed
+/// zone; and the catalog's copy of the records with the SOA's TTL lowered
+/// to its MINIMUM, so negative answers carry the negative TTL of RFC 2308.
+fn zone_data(
+    origin: &Name,
+    records: &mut BTreeMap<hickory_proto::rr::RrKey, RecordSet>,
+) -> Option<ZoneData> {
+    let apex = LowerName::new(origin);
+    let mut soa = None;
+    let mut rest = Vec::new();
+    for set in records.values() {
+        for r in set.records_without_rrsigs() {
+            if r.record_type() == RecordType::SOA {
+                soa = Some(r.clone());
+            } else {
+                rest.push(r.clone());
+            }
+        }
+    }
+    let soa = soa?;
+    if let RData::SOA(s) = &soa.data {
+        let negative = soa.ttl.min(s.minimum);
+        for set in records.values_mut() {
+            if set.record_type() == RecordType::SOA {
+                set.set_ttl(negative);
+            }
+        }
+    }
+    let mut cuts: Vec<Cut> = Vec::new();
+    for r in rest.iter().filter(|r| r.record_type() == RecordType::NS) {
+        let name = LowerName::new(&r.name);
+        if name == apex {
+            continue;
+        }
+        match cuts.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.ns.push(r.clone()),
+            None => cuts.push(Cut {
+                name,
+                ns: vec![r.clone()],
+                glue: Vec::new(),
+            }),
+        }
+    }
+    for c in &mut cuts {
+        let targets: Vec<LowerName> =
+            c.ns.iter()
+                .filter_map(|r| match &r.data {
+                    RData::NS(ns) => Some(LowerName::new(&ns.0)),
+                    _ => None,
+                })
+                .collect();
+        c.glue = rest
+            .iter()
+            .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+            .filter(|r| targets.contains(&LowerName::new(&r.name)))
+            .cloned()
+            .collect();
+    }
+    cuts.sort_by_key(|c| std::cmp::Reverse(c.name.num_labels()));
+    Some(ZoneData {
+        soa,
+        records: rest,
+        cuts,
+    })
+}
+
+/// Builds what is served from the store; returns it with each zone's serial.
+fn build(store: &Store) -> (Served, BTreeMap<String, u32>) {
     let mut catalog = Catalog::new();
+    let mut zone_data_map = BTreeMap::new();
     let mut serials = BTreeMap::new();
     let zones = match store.zones() {
         Ok(z) => z,
         Err(e) => {
             tracing::error!(error = %e, "dns: cannot read zones");
-            return (catalog, serials);
+            return (
+                Served {
+                    catalog,
+                    zones: zone_data_map,
+                },
+                serials,
+            );
         }
     };
     for (zone, state) in zones {
@@ -131,7 +327,10 @@ fn build(store: &Store) -> (Catalog, BTreeMap<String, u32>) {
         let built = Parser::new(text, None, None)
             .parse()
             .map_err(|e| e.to_string())
-            .and_then(|(origin, records)| {
+            .and_then(|(origin, mut records)| {
+                if let Some(d) = zone_data(&origin, &mut records) {
+                    zone_data_map.insert(LowerName::new(&origin), d);
+                }
                 InMemoryZoneHandler::<TokioRuntimeProvider>::new(
                     origin.clone(),
                     records,
@@ -151,7 +350,13 @@ fn build(store: &Store) -> (Catalog, BTreeMap<String, u32>) {
             Err(e) => tracing::error!(%zone, error = %e, "dns: zone not served"),
         }
     }
-    (catalog, serials)
+    (
+        Served {
+            catalog,
+            zones: zone_data_map,
+        },
+        serials,
+    )
 }
 
 async fn notify(target: SocketAddr, zone: String) {
@@ -211,15 +416,15 @@ impl DnsServer {
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let mut version = store.zones_version().ok().flatten();
-        let (catalog, mut serials) = build(&store);
-        let catalog = Arc::new(ArcSwap::from_pointee(catalog));
+        let (served, mut serials) = build(&store);
+        let served = Arc::new(ArcSwap::from_pointee(served));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let udp_handler = Arc::new(Handler {
-            catalog: catalog.clone(),
+            served: served.clone(),
             allow_axfr: opts.allow_axfr.clone(),
         });
         let mut server = Server::new(Handler {
-            catalog: catalog.clone(),
+            served: served.clone(),
             allow_axfr: opts.allow_axfr.clone(),
         });
         for (_, udp, tcp) in sockets.0 {
@@ -255,7 +460,7 @@ impl DnsServer {
                         let Ok((next, next_serials)) = tokio::task::spawn_blocking(move || build(&store)).await else {
                             continue;
                         };
-                        catalog.store(Arc::new(next));
+                        served.store(Arc::new(next));
                         // Workers drop their cached answers.
                         generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         for (zone, serial) in &next_serials {
