@@ -45,24 +45,8 @@
 set -euo pipefail
 
 me="tests/support/postfix-dest.sh"
-die() { echo "$me: $*" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
 usage() { echo "usage: $me start DIR HOST:PORT DOMAIN | stop DIR" >&2; exit 2; }
-
-# Whether process $1 runs (a zombie does not: the daemonized master's
-# parent is init, which may reap it only later).
-alive() {
-    local s
-    s="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-    s="${s// /}"
-    [ -n "$s" ] && [ "${s:0:1}" != Z ]
-}
-
-# Waits up to $2 deciseconds for process $1 to exit.
-wait_gone() {
-    local _
-    for _ in $(seq 1 "$2"); do alive "$1" || return 0; sleep 0.1; done
-    ! alive "$1"
-}
 
 # ---------------------------------------------------------------- packages
 install_postfix() {
@@ -201,21 +185,7 @@ EOT
 
 # ---------------------------------------------------------------- start/stop
 # Master pid of the instance in DIR, when it runs.
-running_pid() {
-    local pid
-    pid="$(tr -d ' \n' 2>/dev/null < "$1/queue/pid/master.pid" || true)"
-    [ -n "$pid" ] && alive "$pid" && echo "$pid"
-}
-
-# Waits (at most 20 s) for an "220" greeting on HOST PORT.
-wait_greeting() {
-    local _
-    for _ in $(seq 1 200); do
-        timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 3 <&3" 2>/dev/null | grep -q 220 && return 0
-        sleep 0.1
-    done
-    return 1
-}
+running_pid() { running_pid_from "$1/queue/pid/master.pid"; }
 
 start() {
     [ $# = 3 ] || usage
