@@ -19,12 +19,17 @@ pub fn hamail_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HAMAIL_BIN") {
         return PathBuf::from(p);
     }
+    workspace_bin("hamail")
+}
+
+/// A binary of the workspace, built next to this test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("hamail");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build` (or scripts/test) before the tests",
@@ -318,8 +323,27 @@ impl Drop for Node {
 
 /// Forms a cluster: node 1 `cluster init`, the others `cluster join`.
 pub fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
+    form_cluster_with(dir, port, n, extra, |_, _| {})
+}
+
+/// `form_cluster`, with `edit(i, config_text)` applied to each node's
+/// config file before it starts (e.g. an `advertise` address).
+pub fn form_cluster_with(
+    dir: &Path,
+    port: u16,
+    n: u8,
+    extra: &str,
+    edit: impl Fn(u8, &mut String),
+) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=n)
-        .map(|i| Node::cluster_member(dir, i, port, extra))
+        .map(|i| {
+            let node = Node::cluster_member(dir, i, port, extra);
+            let cfg = node.config.clone().expect("a config file");
+            let mut text = std::fs::read_to_string(&cfg).unwrap();
+            edit(i, &mut text);
+            std::fs::write(&cfg, text).unwrap();
+            node
+        })
         .collect();
     nodes[0].start_waiting();
     assert!(
@@ -333,8 +357,9 @@ pub fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
     let out = nodes[0].ok(&["cluster", "init"]);
     assert!(out.contains("already initialized"), "{out}");
     let seed = Node::rpc_addr(1, port);
+    let first = nodes[0].command();
     for node in nodes.iter_mut().skip(1) {
-        let token = nodes_token(&seed, dir, port);
+        let token = token_via(first.get_program(), &first);
         node.start_waiting();
         let out = node.ok(&["cluster", "join", &seed, "--token", &token]);
         assert!(out.contains("now a voter"), "{out}");
@@ -343,12 +368,19 @@ pub fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
     nodes
 }
 
-/// A fresh token from node 1 (whatever process runs it now).
-pub fn nodes_token(_seed: &str, dir: &Path, port: u16) -> String {
-    let n1 = Node::cluster_member(dir, 1, port, "");
-    n1.ok(&["cluster", "token", "--ttl", "10m"])
-        .trim()
-        .to_string()
+/// A fresh join token from the node whose CLI command `base` is.
+fn token_via(program: &std::ffi::OsStr, base: &Command) -> String {
+    let mut c = Command::new(program);
+    c.args(base.get_args());
+    if let Some(d) = base.get_current_dir() {
+        c.current_dir(d);
+    }
+    let out = c
+        .args(["cluster", "token", "--ttl", "10m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cluster token: {}", stderr(&out));
+    stdout(&out).trim().to_string()
 }
 
 /// Output helpers.

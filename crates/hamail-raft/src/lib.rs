@@ -20,7 +20,7 @@ pub use cluster::{Cluster, ClusterError, ClusterSettings, parse_ttl};
 pub use log_store::LogStore;
 pub use network::{Contacts, Network};
 pub use node::{NodeOptions, ProposeError, RaftNode, RaftStatus, StartError};
-pub use rpc::{ClusterView, MemberView};
+pub use rpc::{ClusterView, MemberView, set_source_ip};
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, Request, Response, TypeConfig};
 

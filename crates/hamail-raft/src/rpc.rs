@@ -170,6 +170,44 @@ impl std::fmt::Debug for RpcClient {
     }
 }
 
+/// The address outgoing cluster connections leave from: the node's RPC
+/// listen address, so that a peer, a firewall or the fault-injecting proxy
+/// of the chaos suite sees which node is dialling. Unset: the kernel picks.
+static SOURCE_IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Sets the source address of outgoing cluster connections (once).
+pub fn set_source_ip(ip: std::net::IpAddr) {
+    if !ip.is_unspecified() {
+        let _ = SOURCE_IP.set(ip);
+    }
+}
+
+async fn dial(addr: &str) -> std::io::Result<TcpStream> {
+    let Some(src) = SOURCE_IP.get().copied() else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != src.is_ipv4() {
+            continue;
+        }
+        let sock = if src.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.bind(std::net::SocketAddr::new(src, 0))?;
+        match sock.connect(target).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => TcpStream::connect(addr).await,
+    }
+}
+
 impl RpcClient {
     pub fn new(
         addr: String,
@@ -189,7 +227,7 @@ impl RpcClient {
     }
 
     async fn connect(&mut self) -> Result<ClientConn, RpcError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(&self.addr))
             .await
             .map_err(|_| RpcError::Connect {
                 addr: self.addr.clone(),

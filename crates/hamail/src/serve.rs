@@ -101,6 +101,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (rpc.listen)", cfg.rpc.listen))?;
 
     let dns_sockets = DnsServer::bind(&cfg.dns.listen, cfg.dns.udp_workers).await?;
+    // Cluster connections leave from the RPC address: peers see who dials.
+    hamail_raft::set_source_ip(cfg.rpc.listen.ip());
 
     let smtp_listeners = crate::mta::bind(&cfg).await?;
     let delivery = crate::mta::delivery_settings(&cfg)?;

@@ -1,0 +1,343 @@
+//! The short geo fault suite: three nodes whose cluster links run through
+//! hamail-chaos (20 ms round trips), mail sent to all three nodes and zone
+//! edits made on all three while a node is isolated, killed with -9,
+//! paused with SIGSTOP, and cut off one way; then a checker that fails on
+//! any acknowledged message not delivered, any acknowledged zone edit
+//! missing, any SOA serial seen going backwards, and states that do not
+//! converge. It reports duplicates and the recovery time after each fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hamail_tests::smtp::{SmtpClient, queued_id};
+use hamail_tests::{Node, form_cluster_with, wait_for, workspace_bin};
+
+const RPC: u16 = 17710;
+const PROXY: u16 = RPC + 100;
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proxy_addr(i: u8) -> String {
+    format!("127.0.0.1{i}:{PROXY}")
+}
+
+/// Base rules: every link 10 ms each way, 2 ms jitter; plus `extra` first.
+fn set_rules(path: &Path, extra: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{extra}* * 10 2 pass\n")).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn soa(i: u8, dns: u16) -> Option<u64> {
+    let out = Command::new("kdig")
+        .args([
+            &format!("@127.0.0.1{i}"),
+            "-p",
+            &dns.to_string(),
+            "+time=1",
+            "+retry=0",
+        ])
+        .args(["chaos.example", "SOA", "+short"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+fn try_send(i: u8, token: &str) -> Option<String> {
+    let (mut c, g) = SmtpClient::connect(&Node::smtp_addr(i, RPC)).ok()?;
+    if !g.is(220) || !c.cmd("EHLO chaos.client").ok()?.is(250) {
+        return None;
+    }
+    let r = c
+        .send_mail(
+            "sender@client.example",
+            &["user@example.jp"],
+            &format!("Subject: {token}\r\n\r\n{token}"),
+        )
+        .ok()?;
+    queued_id(&r)
+}
+
+#[test]
+fn acknowledged_mail_and_zone_edits_survive_site_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dns = Node::dns_port(RPC);
+    let rules = d.join("rules");
+    set_rules(&rules, "");
+    let mut proxy = Command::new(workspace_bin("hamail-chaos"));
+    proxy.arg("proxy").arg("--rules").arg(&rules);
+    for i in 1..=3u8 {
+        proxy
+            .arg("--map")
+            .arg(format!("{}=127.0.0.1{i}:{RPC}", proxy_addr(i)));
+    }
+    let mut child = proxy.stdout(Stdio::piped()).spawn().unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "READY");
+    let _proxy = Killed(child);
+
+    // Each node advertises its proxy: every cluster link goes through it.
+    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+                 maximal_backoff_time_secs = 2\nlease_secs = 3\nlease_check_interval_secs = 1\n";
+    let mut nodes = form_cluster_with(d, RPC, 3, extra, |i, text| {
+        *text = text.replace(
+            &format!("[rpc]\nlisten = \"127.0.0.1{i}:{RPC}\"\n"),
+            &format!(
+                "[rpc]\nlisten = \"127.0.0.1{i}:{RPC}\"\nadvertise = \"{}\"\n",
+                proxy_addr(i)
+            ),
+        );
+    });
+    let n1 = &nodes[0];
+    n1.ok(&["domain", "add", "example.jp", "--kind", "relay"]);
+    n1.ok(&["recipient", "add", "user@example.jp"]);
+    n1.ok(&["transport", "set", "example.jp", "smtp:[127.0.0.75]:2627"]);
+    n1.ok(&["zone", "add", "chaos.example"]);
+    for n in &nodes {
+        wait_for("setup on every node", || {
+            n.ok(&["transport", "list"])
+                .contains("127.0.0.75")
+                .then_some(())
+        });
+    }
+    let sink_dir = d.join("sink");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let mut sink = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("support/mailsink.py"))
+        .args(["--listen", "127.0.0.75:2627", "--dir"])
+        .arg(&sink_dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sink.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _sink = Killed(sink);
+
+    // The workload: mail to every node, zone edits on every node, and the
+    // SOA serial of every node watched.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_mail: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked_edits: Arc<Mutex<Vec<String>>> = Arc::default();
+    let regressions: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut workers = Vec::new();
+    {
+        let (stop, acked) = (stop.clone(), acked_mail.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 1..=3u8 {
+                    n += 1;
+                    let token = format!("tok-{n}-via-{i}");
+                    if let Some(id) = try_send(i, &token) {
+                        acked.lock().unwrap().insert(token, id);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    {
+        let (stop, acked) = (stop.clone(), acked_edits.clone());
+        let configs: Vec<_> = nodes.iter().map(|n| n.config.clone().unwrap()).collect();
+        let dirs: Vec<_> = nodes.iter().map(|n| n.dir.clone()).collect();
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for k in 0..3 {
+                    n += 1;
+                    let name = format!("e{n}");
+                    let out = Command::new(hamail_tests::hamail_bin())
+                        .current_dir(&dirs[k])
+                        .arg("--config")
+                        .arg(&configs[k])
+                        .args([
+                            "record",
+                            "add",
+                            "chaos.example",
+                            &format!("{name} 60 IN A 192.0.2.1"),
+                        ])
+                        .output()
+                        .unwrap();
+                    if out.status.success() {
+                        acked.lock().unwrap().push(name);
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let (stop, regressions) = (stop.clone(), regressions.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut last: BTreeMap<u8, u64> = BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 1..=3u8 {
+                    if let Some(s) = soa(i, dns) {
+                        if let Some(prev) = last.get(&i)
+                            && s < *prev
+                        {
+                            regressions
+                                .lock()
+                                .unwrap()
+                                .push(format!("node {i}: {prev} -> {s}"));
+                        }
+                        last.insert(i, s);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+    }
+
+    // The faults; after each, the time until every node takes mail again.
+    let recovered = |nodes: &[Node]| -> Duration {
+        let t = Instant::now();
+        for i in 1..=3u8 {
+            wait_for("every node to take mail again", || {
+                try_send(i, &format!("probe-{i}-{}", t.elapsed().as_nanos())).map(|_| ())
+            });
+        }
+        let _ = nodes;
+        t.elapsed()
+    };
+    let mut report = Vec::new();
+    std::thread::sleep(Duration::from_secs(2));
+    // 1. Site 1 isolated from both peers, both ways.
+    set_rules(
+        &rules,
+        &format!(
+            "127.0.0.11 * 0 0 blackhole\n* {} 0 0 blackhole\n",
+            proxy_addr(1)
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    set_rules(&rules, "");
+    report.push(("site 1 isolated 3 s", recovered(&nodes)));
+    // 2. kill -9 of site 2, restarted 2 s later with its data.
+    nodes[1].kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[1].spawn();
+    report.push(("site 2 kill -9, restart", recovered(&nodes)));
+    // 3. Site 3 paused (SIGSTOP) for 3 s.
+    nodes[2].signal("STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    nodes[2].signal("CONT");
+    report.push(("site 3 SIGSTOP 3 s", recovered(&nodes)));
+    // 4. One way: site 2 cannot reach site 3 (site 3 still reaches 2).
+    set_rules(
+        &rules,
+        &format!("127.0.0.12 {} 0 0 blackhole\n", proxy_addr(3)),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    set_rules(&rules, "");
+    report.push(("site 2 -> site 3 cut one way 3 s", recovered(&nodes)));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    // The checker.
+    let acked = acked_mail.lock().unwrap().clone();
+    wait_for("every acknowledged message delivered", || {
+        let got: BTreeSet<String> = std::fs::read_dir(&sink_dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| {
+                t.split("Subject: ")
+                    .nth(1)
+                    .map(|s| s.lines().next().unwrap_or("").to_string())
+            })
+            .collect();
+        acked.keys().all(|t| got.contains(t)).then_some(())
+    });
+    let mut per_token: BTreeMap<String, usize> = BTreeMap::new();
+    for e in std::fs::read_dir(&sink_dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "eml")
+            && let Ok(t) = std::fs::read_to_string(e.path())
+            && let Some(s) = t.split("Subject: ").nth(1)
+        {
+            *per_token
+                .entry(s.lines().next().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    let duplicates: usize = acked
+        .keys()
+        .map(|t| per_token.get(t).copied().unwrap_or(1) - 1)
+        .sum();
+    let edits = acked_edits.lock().unwrap().clone();
+    for n in &nodes {
+        let zone = wait_for("every acknowledged zone edit on every node", || {
+            let z = n.ok(&["zone", "show", "chaos.example"]);
+            edits
+                .iter()
+                .all(|e| {
+                    let owner = format!("{e}.chaos.example.");
+                    z.lines()
+                        .any(|l| l.split_whitespace().next() == Some(owner.as_str()))
+                })
+                .then_some(z)
+        });
+        assert!(!zone.is_empty());
+    }
+    let digest = |n: &Node| {
+        n.status()
+            .and_then(|s| s["state_digest"].as_str().map(str::to_string))
+    };
+    wait_for("the states to converge", || {
+        let q: usize = nodes
+            .iter()
+            .map(|n| {
+                n.json(&["queue", "list", "--json"])
+                    .as_array()
+                    .map_or(1, Vec::len)
+            })
+            .sum();
+        let ds: Vec<Option<String>> = nodes.iter().map(digest).collect();
+        (q == 0 && ds[0].is_some() && ds.iter().all(|x| *x == ds[0])).then_some(())
+    });
+    let regressions = regressions.lock().unwrap().clone();
+    eprintln!(
+        "chaos: {} messages acknowledged, 0 lost, {duplicates} duplicates; {} zone edits acknowledged, 0 lost; {} serial regressions",
+        acked.len(),
+        edits.len(),
+        regressions.len()
+    );
+    for (fault, t) in &report {
+        eprintln!(
+            "chaos: {fault}: every node took mail again {} ms after the fault ended",
+            t.as_millis()
+        );
+    }
+    assert!(
+        regressions.is_empty(),
+        "SOA serial went backwards: {regressions:?}"
+    );
+    assert!(
+        !acked.is_empty() && !edits.is_empty(),
+        "the workload made progress"
+    );
+}
