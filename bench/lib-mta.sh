@@ -30,7 +30,19 @@ smtp_port=2525
 rpc_port=17500
 bin="${HAMAIL_BIN:-}"
 hamail_transport="${hamail_transport:-}"
-hamail_extra_config="${hamail_extra_config:-}"
+# Mail with no transport must not go looking for MX records on the real
+# network (the machine is loopback only): by default it is deferred to a
+# closed loopback port.
+hamail_extra_config="${hamail_extra_config-[delivery]
+resolver = \"127.0.0.1:9\"
+relayhost = \"[127.0.0.1]:9\"}"
+# Raft timing lines for [cluster] (loopback "sites" by default), the DNS
+# port, and a port to advertise for RPC (bench/geo puts a proxy there).
+hamail_cluster_timing="${hamail_cluster_timing-heartbeat_interval_ms = 50
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600}"
+hamail_dns_port="${hamail_dns_port:-0}"
+hamail_advertise_port="${hamail_advertise_port:-}"
 run_postfix() { [ "$only" != hamail ]; }
 run_hamail() { [ "$only" != postfix ]; }
 
@@ -330,16 +342,14 @@ log = "info,openraft=warn"
 
 [cluster]
 bootstrap = $boot
-# Loopback "sites": short raft timeouts are safe (cluster/local-3node).
-heartbeat_interval_ms = 50
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
+$hamail_cluster_timing
 
 [rpc]
 listen = "127.0.0.2$i:$rpc_port"
+$([ -z "$hamail_advertise_port" ] || echo "advertise = \"127.0.0.2$i:$hamail_advertise_port\"")
 
 [dns]
-listen = ["127.0.0.2$i:0"]
+listen = ["127.0.0.2$i:$hamail_dns_port"]
 
 [smtp]
 listen = ["127.0.0.2$i:$smtp_port"]

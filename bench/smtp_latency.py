@@ -150,7 +150,7 @@ def main():
         return lat[min(len(lat) - 1, max(0, int(round(p / 100.0 * len(lat))) - 1))] * 1000.0
 
     print(
-        f"p50_ms={pct(50):.2f} p99_ms={pct(99):.2f} "
+        f"min_ms={(lat[0] * 1000.0 if lat else float('nan')):.2f} p50_ms={pct(50):.2f} p99_ms={pct(99):.2f} "
         f"msgs_per_s={len(lat) / wall:.1f} msgs={len(lat)} errors={len(errors)}"
     )
     # A failed session loses the message it was on (the other sessions take

@@ -90,6 +90,10 @@ pub struct ClusterSection {
     /// A write not committed within this time fails with "no quorum" (the
     /// CLI exits 1; SMTP will answer 451).
     pub write_timeout_ms: u64,
+    /// Raft entries the proposer keeps in flight at once. Fewer means
+    /// bigger batches on one site; more hides long round trips between
+    /// sites (bench/geo).
+    pub proposals_in_flight: usize,
 }
 
 impl Default for ClusterSection {
@@ -103,6 +107,7 @@ impl Default for ClusterSection {
             snapshot_logs_since_last: 5000,
             max_logs_kept_after_snapshot: 1000,
             write_timeout_ms: 10_000,
+            proposals_in_flight: 2,
         }
     }
 }
@@ -449,6 +454,12 @@ impl Config {
                     "{} must be at least cluster.election_timeout_max_ms ({}), or writes fail during a normal election",
                     c.write_timeout_ms, c.election_timeout_max_ms
                 ),
+            ));
+        }
+        if !(1..=64).contains(&c.proposals_in_flight) {
+            return Err(bad(
+                "cluster.proposals_in_flight",
+                format!("{} must be from 1 to 64", c.proposals_in_flight),
             ));
         }
         if c.name.is_empty() {

@@ -28,7 +28,7 @@ use crate::{HamailRaft, NodeInfo, Request, open_storage};
 /// 4 and 8 in flight gave 43k, 38k, 20k and 13k commits/s with 50 proposers
 /// (docs/benchmarks.md). Two keeps most of the batching and still lets one
 /// entry replicate while the next fills, which matters across sites.
-const MAX_INFLIGHT: usize = 2;
+const DEFAULT_INFLIGHT: usize = 2;
 const MAX_BATCH_COMMANDS: usize = 8192;
 /// An entry stops growing past this many bytes (mail bodies), so that one
 /// replication message stays bounded; a single larger message still goes
@@ -50,6 +50,8 @@ pub struct NodeOptions {
     pub max_logs_kept_after_snapshot: u64,
     /// A write not committed within this time fails (no quorum?).
     pub write_timeout_ms: u64,
+    /// Raft entries the proposer keeps in flight at once (0: the default).
+    pub proposals_in_flight: usize,
 }
 
 impl Default for NodeOptions {
@@ -62,6 +64,7 @@ impl Default for NodeOptions {
             snapshot_logs_since_last: 5000,
             max_logs_kept_after_snapshot: 1000,
             write_timeout_ms: 10_000,
+            proposals_in_flight: DEFAULT_INFLIGHT,
         }
     }
 }
@@ -112,11 +115,11 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+    fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration, in_flight: usize) -> Self {
         Forwarder {
             tls,
             timeout,
-            slots: (0..MAX_INFLIGHT + 1)
+            slots: (0..in_flight + 1)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
         }
@@ -268,13 +271,19 @@ impl RaftNode {
         let (tx, rx) = mpsc::channel(16384);
         let stats = Arc::new(ProposerStats::default());
         let write_timeout = Duration::from_millis(opts.write_timeout_ms);
-        let forwarder = Arc::new(Forwarder::new(network.tls.clone(), write_timeout));
+        let in_flight = if opts.proposals_in_flight == 0 {
+            DEFAULT_INFLIGHT
+        } else {
+            opts.proposals_in_flight
+        };
+        let forwarder = Arc::new(Forwarder::new(network.tls.clone(), write_timeout, in_flight));
         tokio::spawn(proposer(
             raft.clone(),
             node_id,
             rx,
             stats.clone(),
             forwarder.clone(),
+            in_flight,
         ));
         let node = Arc::new(RaftNode {
             raft,
@@ -467,8 +476,9 @@ async fn proposer(
     mut rx: mpsc::Receiver<Proposal>,
     stats: Arc<ProposerStats>,
     forwarder: Arc<Forwarder>,
+    in_flight: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let slots = Arc::new(Semaphore::new(in_flight));
     // A proposal that did not fit the previous entry opens the next one.
     let mut carry: Option<Proposal> = None;
     loop {

@@ -142,6 +142,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             snapshot_logs_since_last: cfg.cluster.snapshot_logs_since_last,
             max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
             write_timeout_ms: cfg.cluster.write_timeout_ms,
+            proposals_in_flight: cfg.cluster.proposals_in_flight,
         },
     };
     let cancel = CancellationToken::new();
