@@ -276,7 +276,11 @@ impl RaftNode {
         } else {
             opts.proposals_in_flight
         };
-        let forwarder = Arc::new(Forwarder::new(network.tls.clone(), write_timeout, in_flight));
+        let forwarder = Arc::new(Forwarder::new(
+            network.tls.clone(),
+            write_timeout,
+            in_flight,
+        ));
         tokio::spawn(proposer(
             raft.clone(),
             node_id,
