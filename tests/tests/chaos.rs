@@ -32,11 +32,115 @@ fn proxy_addr(i: u8) -> String {
     format!("127.0.0.1{i}:{PROXY}")
 }
 
-/// Base rules: every link 10 ms each way, 2 ms jitter; plus `extra` first.
+/// One-way delay of every link: `HAMAIL_CHAOS_DELAY_MS` (bench/chaos uses
+/// 40, an 80 ms round trip), else 10.
+fn base_delay_ms() -> u64 {
+    std::env::var("HAMAIL_CHAOS_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Base rules: every link the base delay each way, 2 ms jitter; plus
+/// `extra` first.
 fn set_rules(path: &Path, extra: &str) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{extra}* * 10 2 pass\n")).unwrap();
+    std::fs::write(&tmp, format!("{extra}* * {} 2 pass\n", base_delay_ms())).unwrap();
     std::fs::rename(tmp, path).unwrap();
+}
+
+/// A fault of the suite, on sites numbered 1-3.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Cut off from both peers, both ways.
+    Isolate(u8),
+    /// kill -9, restarted with its data after the pause.
+    Kill(u8),
+    /// SIGSTOP, SIGCONT after the pause.
+    Pause(u8),
+    /// The first cannot reach the second; the second still reaches it.
+    OneWay(u8, u8),
+}
+
+/// A small deterministic generator (xorshift64*), so a schedule can be
+/// replayed from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The schedule: the fixed short suite, or with `HAMAIL_CHAOS_SECS` a
+/// random one from `HAMAIL_CHAOS_SEED` (printed) for that long.
+fn schedule() -> (Vec<(Fault, Duration)>, Option<(u64, Duration)>) {
+    let fixed = vec![
+        (Fault::Isolate(1), Duration::from_secs(3)),
+        (Fault::Kill(2), Duration::from_secs(2)),
+        (Fault::Pause(3), Duration::from_secs(3)),
+        (Fault::OneWay(2, 3), Duration::from_secs(3)),
+    ];
+    let Some(secs) = std::env::var("HAMAIL_CHAOS_SECS").ok().and_then(|v| v.parse().ok()) else {
+        return (fixed, None);
+    };
+    let seed = std::env::var("HAMAIL_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64
+                | 1
+        });
+    (Vec::new(), Some((seed, Duration::from_secs(secs))))
+}
+
+fn random_fault(rng: &mut Rng) -> (Fault, Duration) {
+    let site = rng.below(3) as u8 + 1;
+    let other = (site + rng.below(2) as u8) % 3 + 1;
+    let fault = match rng.below(4) {
+        0 => Fault::Isolate(site),
+        1 => Fault::Kill(site),
+        2 => Fault::Pause(site),
+        _ => Fault::OneWay(site, other),
+    };
+    (fault, Duration::from_millis(1000 + rng.below(5000)))
+}
+
+/// Injects a fault for `d`, then heals it.
+fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
+    match fault {
+        Fault::Isolate(i) => {
+            set_rules(
+                rules,
+                &format!("127.0.0.1{i} * 0 0 blackhole\n* {} 0 0 blackhole\n", proxy_addr(i)),
+            );
+            std::thread::sleep(d);
+            set_rules(rules, "");
+        }
+        Fault::Kill(i) => {
+            nodes[i as usize - 1].kill9();
+            std::thread::sleep(d);
+            nodes[i as usize - 1].spawn();
+        }
+        Fault::Pause(i) => {
+            nodes[i as usize - 1].signal("STOP");
+            std::thread::sleep(d);
+            nodes[i as usize - 1].signal("CONT");
+        }
+        Fault::OneWay(a, b) => {
+            set_rules(rules, &format!("127.0.0.1{a} {} 0 0 blackhole\n", proxy_addr(b)));
+            std::thread::sleep(d);
+            set_rules(rules, "");
+        }
+    }
 }
 
 fn soa(i: u8, dns: u16) -> Option<u64> {
@@ -220,37 +324,26 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
         let _ = nodes;
         t.elapsed()
     };
-    let mut report = Vec::new();
+    let mut report: Vec<(String, Duration)> = Vec::new();
     std::thread::sleep(Duration::from_secs(2));
-    // 1. Site 1 isolated from both peers, both ways.
-    set_rules(
-        &rules,
-        &format!(
-            "127.0.0.11 * 0 0 blackhole\n* {} 0 0 blackhole\n",
-            proxy_addr(1)
-        ),
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    set_rules(&rules, "");
-    report.push(("site 1 isolated 3 s", recovered(&nodes)));
-    // 2. kill -9 of site 2, restarted 2 s later with its data.
-    nodes[1].kill9();
-    std::thread::sleep(Duration::from_secs(2));
-    nodes[1].spawn();
-    report.push(("site 2 kill -9, restart", recovered(&nodes)));
-    // 3. Site 3 paused (SIGSTOP) for 3 s.
-    nodes[2].signal("STOP");
-    std::thread::sleep(Duration::from_secs(3));
-    nodes[2].signal("CONT");
-    report.push(("site 3 SIGSTOP 3 s", recovered(&nodes)));
-    // 4. One way: site 2 cannot reach site 3 (site 3 still reaches 2).
-    set_rules(
-        &rules,
-        &format!("127.0.0.12 {} 0 0 blackhole\n", proxy_addr(3)),
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    set_rules(&rules, "");
-    report.push(("site 2 -> site 3 cut one way 3 s", recovered(&nodes)));
+    let (fixed, random) = schedule();
+    let mut run = |fault: Fault, d: Duration, nodes: &mut Vec<Node>| {
+        inject(fault, d, &rules, nodes);
+        report.push((format!("{fault:?} for {} ms", d.as_millis()), recovered(nodes)));
+    };
+    for (fault, d) in fixed {
+        run(fault, d, &mut nodes);
+    }
+    if let Some((seed, total)) = random {
+        eprintln!("chaos: random schedule, seed {seed} (HAMAIL_CHAOS_SEED={seed} replays it)");
+        let mut rng = Rng(seed);
+        let started = Instant::now();
+        while started.elapsed() < total {
+            let (fault, d) = random_fault(&mut rng);
+            run(fault, d, &mut nodes);
+            std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
+        }
+    }
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
