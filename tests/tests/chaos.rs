@@ -86,7 +86,10 @@ fn schedule() -> (Vec<(Fault, Duration)>, Option<(u64, Duration)>) {
         (Fault::Pause(3), Duration::from_secs(3)),
         (Fault::OneWay(2, 3), Duration::from_secs(3)),
     ];
-    let Some(secs) = std::env::var("HAMAIL_CHAOS_SECS").ok().and_then(|v| v.parse().ok()) else {
+    let Some(secs) = std::env::var("HAMAIL_CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    else {
         return (fixed, None);
     };
     let seed = std::env::var("HAMAIL_CHAOS_SEED")
@@ -120,7 +123,10 @@ fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
         Fault::Isolate(i) => {
             set_rules(
                 rules,
-                &format!("127.0.0.1{i} * 0 0 blackhole\n* {} 0 0 blackhole\n", proxy_addr(i)),
+                &format!(
+                    "127.0.0.1{i} * 0 0 blackhole\n* {} 0 0 blackhole\n",
+                    proxy_addr(i)
+                ),
             );
             std::thread::sleep(d);
             set_rules(rules, "");
@@ -136,7 +142,10 @@ fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
             nodes[i as usize - 1].signal("CONT");
         }
         Fault::OneWay(a, b) => {
-            set_rules(rules, &format!("127.0.0.1{a} {} 0 0 blackhole\n", proxy_addr(b)));
+            set_rules(
+                rules,
+                &format!("127.0.0.1{a} {} 0 0 blackhole\n", proxy_addr(b)),
+            );
             std::thread::sleep(d);
             set_rules(rules, "");
         }
@@ -329,7 +338,10 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
     let (fixed, random) = schedule();
     let mut run = |fault: Fault, d: Duration, nodes: &mut Vec<Node>| {
         inject(fault, d, &rules, nodes);
-        report.push((format!("{fault:?} for {} ms", d.as_millis()), recovered(nodes)));
+        report.push((
+            format!("{fault:?} for {} ms", d.as_millis()),
+            recovered(nodes),
+        ));
     };
     for (fault, d) in fixed {
         run(fault, d, &mut nodes);
