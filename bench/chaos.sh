@@ -19,4 +19,10 @@ cargo build --quiet --workspace --all-targets
 export HAMAIL_CHAOS_SECS="${1:-1800}"
 export HAMAIL_CHAOS_DELAY_MS="${DELAY_MS:-40}"
 [ -z "${SEED:-}" ] || export HAMAIL_CHAOS_SEED="$SEED"
-cargo test --quiet -p hamail-tests --test chaos -- --nocapture 2>&1 | grep -E "^chaos:|test result|panicked|gave up|assert"
+log="${LOG:-/var/tmp/hamail-chaos.log}"
+echo "bench/chaos: ${HAMAIL_CHAOS_SECS} s of faults, links ${HAMAIL_CHAOS_DELAY_MS} ms each way; full output in $log"
+set +e
+cargo test --quiet -p hamail-tests --test chaos -- --nocapture > "$log" 2>&1
+rc=$?
+grep -E "chaos:|test result|panicked|gave up|failed" "$log"
+exit "$rc"

@@ -79,7 +79,10 @@ impl Rng {
 
 /// The schedule: the fixed short suite, or with `HAMAIL_CHAOS_SECS` a
 /// random one from `HAMAIL_CHAOS_SEED` (printed) for that long.
-fn schedule() -> (Vec<(Fault, Duration)>, Option<(u64, Duration)>) {
+/// Faults with how long each lasts.
+type Schedule = Vec<(Fault, Duration)>;
+
+fn schedule() -> (Schedule, Option<(u64, Duration)>) {
     let fixed = vec![
         (Fault::Isolate(1), Duration::from_secs(3)),
         (Fault::Kill(2), Duration::from_secs(2)),
@@ -209,9 +212,28 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
     let _proxy = Killed(child);
 
     // Each node advertises its proxy: every cluster link goes through it.
-    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
-                 maximal_backoff_time_secs = 2\nlease_secs = 3\nlease_check_interval_secs = 1\n";
-    let mut nodes = form_cluster_with(d, RPC, 3, extra, |i, text| {
+    // Across sites (bench/chaos: 40 ms each way) raft needs geo timing: an
+    // AppendEntries must come back within a heartbeat interval.
+    let geo = base_delay_ms() >= 20;
+    let lease = if geo { 8 } else { 3 };
+    let extra = format!(
+        "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+         maximal_backoff_time_secs = 2\nlease_secs = {lease}\nlease_check_interval_secs = 1\n"
+    );
+    let mut nodes = form_cluster_with(d, RPC, 3, &extra, |i, text| {
+        if geo {
+            *text = text
+                .replace("heartbeat_interval_ms = 100", "heartbeat_interval_ms = 250")
+                .replace(
+                    "election_timeout_min_ms = 500",
+                    "election_timeout_min_ms = 1500",
+                )
+                .replace(
+                    "election_timeout_max_ms = 1000",
+                    "election_timeout_max_ms = 3000",
+                )
+                .replace("write_timeout_ms = 4000", "write_timeout_ms = 10000");
+        }
         *text = text.replace(
             &format!("[rpc]\nlisten = \"127.0.0.1{i}:{RPC}\"\n"),
             &format!(
