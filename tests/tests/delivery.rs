@@ -582,6 +582,7 @@ fn broken_destinations_are_deferred_never_lost() {
         ("127.0.0.45:2701", vec!["--garbage-reply", "greeting"]),
         ("127.0.0.46:2701", vec!["--bad-starttls"]),
         ("127.0.0.47:2701", vec!["--bad-starttls"]),
+        ("127.0.0.49:2701", vec!["--no-8bitmime"]),
     ]
     .iter()
     .map(|(l, a)| Sink::start(l, d, a))
@@ -604,6 +605,7 @@ fn broken_destinations_are_deferred_never_lost() {
         ("junkgreet.example", "127.0.0.45"),
         ("tlsmay.example", "127.0.0.46"),
         ("tlsmust.example", "127.0.0.47"),
+        ("seven.example", "127.0.0.49"),
     ];
     let mut ids = BTreeMap::new();
     let smtp = Node::smtp_addr(1, rpc);
@@ -613,9 +615,20 @@ fn broken_destinations_are_deferred_never_lost() {
         n.ok(&["recipient", "add", &format!("u@{domain}")]);
     }
     for (domain, _) in routes {
+        // The server without 8BITMIME gets an 8-bit message.
+        let subject = if domain == "seven.example" {
+            "seven-\u{e9}"
+        } else {
+            domain
+        };
         ids.insert(
             domain,
-            send(&smtp, "s@client.example", &[&format!("u@{domain}")], domain),
+            send(
+                &smtp,
+                "s@client.example",
+                &[&format!("u@{domain}")],
+                subject,
+            ),
         );
     }
     // Foreign domains, relayed for mynetworks by MX lookup.
@@ -637,6 +650,11 @@ fn broken_destinations_are_deferred_never_lost() {
     assert_eq!(m.len(), 1, "127.0.0.46 got it in the clear");
     assert_eq!(m[0].0["tls"], false);
     assert_eq!(cname_sink.count(), 1);
+    // Bounced: 8-bit to a server without 8BITMIME (no conversion).
+    wait_for("the 8-bit message to bounce", || {
+        states(n, &ids["seven.example"]).is_none().then_some(())
+    });
+    assert_eq!(sinks[7].count(), 0, "{:?}", sinks[7].messages());
     // Bounced at once: an MX host without an address.
     wait_for("the MX to nowhere to bounce", || {
         states(n, &ids["nowhere.t.example"]).is_none().then_some(())
@@ -664,6 +682,7 @@ fn broken_destinations_are_deferred_never_lost() {
         "retrying without TLS",
         "loops back to myself",
         "Host or domain name not found",
+        "dsn=5.6.3, status=bounced",
     ] {
         assert!(log.contains(want), "log lacks {want:?}");
     }

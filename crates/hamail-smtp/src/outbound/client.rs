@@ -535,7 +535,7 @@ async fn transaction(
 ) -> Result<Vec<RcptOutcome>, SessionError> {
     if env.smtputf8 && !ehlo.has("SMTPUTF8") {
         return Err(SessionError {
-            reason: format!("SMTPUTF8 is required, but was not offered by host {host}"),
+            reason: format!("553 5.6.7 SMTPUTF8 is required, but was not offered by host {host}"),
             try_next: false,
             permanent: true,
             retry_plain: false,
@@ -545,7 +545,7 @@ async fn transaction(
     if env.eight_bit && !ehlo.has("8BITMIME") && !opts.lmtp {
         return Err(SessionError {
             reason: format!(
-                "8-bit message, and host {host} does not announce 8BITMIME (no conversion to 7 bit)"
+                "554 5.6.3 8-bit message, and host {host} does not announce 8BITMIME (no conversion to 7 bit)"
             ),
             try_next: false,
             permanent: true,
