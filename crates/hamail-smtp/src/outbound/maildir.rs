@@ -11,9 +11,9 @@ use hamail_types::MailAddress;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The mailbox directory of a recipient under a base directory. Local parts
-/// are plain atoms (MailAddress refuses `/`-free tricks like `..`? it
-/// refuses leading dots and `..`), and `/` is replaced all the same.
+/// The mailbox directory of a recipient under a base directory.
+/// MailAddress refuses leading dots and `..` in local parts; a `/` (legal
+/// in an atom) is replaced, so a recipient never escapes the base.
 pub fn mailbox(base: &Path, rcpt: &MailAddress) -> PathBuf {
     let safe = |s: &str| s.replace('/', "_");
     base.join(safe(rcpt.domain().as_str()))
