@@ -270,6 +270,22 @@ impl Node {
         serde_json::from_str(&self.ok(args)).expect("json output")
     }
 
+    /// The cluster's queue as this node has applied it (`queue list --json`).
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        match self.json(&["queue", "list", "--json"]) {
+            serde_json::Value::Array(entries) => entries,
+            other => panic!("queue list --json gave {other}"),
+        }
+    }
+
+    /// The ids of the queued messages.
+    pub fn queue_ids(&self) -> std::collections::BTreeSet<String> {
+        self.queue()
+            .iter()
+            .map(|e| e["queue_id"].as_str().expect("a queue id").to_string())
+            .collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -49,6 +49,13 @@ impl SmtpClient {
         Self::wrap(stream)
     }
 
+    /// A session that was greeted with 220 and said EHLO as `helo`; None
+    /// while the server is not taking mail (down, or 421 without quorum).
+    pub fn greeted(addr: &str, helo: &str) -> Option<SmtpClient> {
+        let (mut c, g) = Self::connect(addr).ok()?;
+        (g.is(220) && c.cmd(&format!("EHLO {helo}")).ok()?.is(250)).then_some(c)
+    }
+
     fn wrap(stream: TcpStream) -> std::io::Result<(SmtpClient, Reply)> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;

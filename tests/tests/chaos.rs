@@ -175,10 +175,7 @@ fn soa(i: u8, dns: u16) -> Option<u64> {
 }
 
 fn try_send(i: u8, token: &str) -> Option<String> {
-    let (mut c, g) = SmtpClient::connect(&Node::smtp_addr(i, RPC)).ok()?;
-    if !g.is(220) || !c.cmd("EHLO chaos.client").ok()?.is(250) {
-        return None;
-    }
+    let mut c = SmtpClient::greeted(&Node::smtp_addr(i, RPC), "chaos.client")?;
     let r = c
         .send_mail(
             "sender@client.example",
@@ -356,7 +353,21 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
         t.elapsed()
     };
     let mut report: Vec<(String, Duration)> = Vec::new();
-    std::thread::sleep(Duration::from_secs(2));
+    // Faults start once mail and zone edits both flow, and the workload
+    // stops only after both made progress past the last fault.
+    let progress = || {
+        (
+            acked_mail.lock().unwrap().len(),
+            acked_edits.lock().unwrap().len(),
+        )
+    };
+    let progressed_from = |(m0, e0): (usize, usize)| {
+        wait_for("the workload to make progress", || {
+            let (m, e) = progress();
+            (m > m0 && e > e0).then_some(())
+        })
+    };
+    progressed_from((0, 0));
     let (fixed, random) = schedule();
     let mut run = |fault: Fault, d: Duration, nodes: &mut Vec<Node>| {
         inject(fault, d, &rules, nodes);
@@ -378,7 +389,7 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
             std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    progressed_from(progress());
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
@@ -435,14 +446,7 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
             .and_then(|s| s["state_digest"].as_str().map(str::to_string))
     };
     wait_for("the states to converge", || {
-        let q: usize = nodes
-            .iter()
-            .map(|n| {
-                n.json(&["queue", "list", "--json"])
-                    .as_array()
-                    .map_or(1, Vec::len)
-            })
-            .sum();
+        let q: usize = nodes.iter().map(|n| n.queue().len()).sum();
         let ds: Vec<Option<String>> = nodes.iter().map(digest).collect();
         (q == 0 && ds[0].is_some() && ds.iter().all(|x| *x == ds[0])).then_some(())
     });

@@ -94,10 +94,7 @@ fn send(addr: &str, from: &str, to: &[&str], subject: &str) -> String {
 }
 
 fn queue_len(node: &Node) -> usize {
-    node.json(&["queue", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len()
+    node.queue().len()
 }
 
 /// Files in a Maildir's new/ directory.
@@ -367,14 +364,7 @@ fn the_queue_of_a_killed_node_is_delivered_by_the_survivors() {
         .unwrap();
     assert!(status.success());
     // All 1,000 known to node 2, owned by node 1, tried and deferred.
-    let owned_by_1 = |n: &Node| {
-        n.json(&["queue", "list", "--json"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["owner"] == 1)
-            .count()
-    };
+    let owned_by_1 = |n: &Node| n.queue().iter().filter(|e| e["owner"] == 1).count();
     wait_for("1,000 messages of node 1 on node 2", || {
         (owned_by_1(&nodes[1]) == 1000).then_some(())
     });
@@ -538,8 +528,8 @@ fn dovecot_lmtp_and_postfix_take_delivery() {
 
 /// The status name of each recipient of a queued message (None: gone).
 fn states(node: &Node, id: &str) -> Option<Vec<String>> {
-    let q = node.json(&["queue", "list", "--json"]);
-    let e = q.as_array()?.iter().find(|e| e["queue_id"] == id)?;
+    let q = node.queue();
+    let e = q.iter().find(|e| e["queue_id"] == id)?;
     Some(
         e["recipients"]
             .as_array()?

@@ -29,15 +29,6 @@ fn mx(dir: &Path, port: u16, smtp_extra: &str) -> Node {
     node
 }
 
-fn queue_ids(node: &Node) -> BTreeSet<String> {
-    node.json(&["queue", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["queue_id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn ensure_tool(bin: &str, package: &str) {
     if Command::new("which")
         .arg(bin)
@@ -112,7 +103,7 @@ fn known_recipients_are_queued_unknown_refused_and_relay_only_from_mynetworks() 
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no queue id in {text}"))
         .to_string();
-    assert!(queue_ids(&node).contains(&id));
+    assert!(node.queue_ids().contains(&id));
     let show = node.ok(&["queue", "show", &id]);
     assert!(
         show.contains(&format!("by n1 (hamail) with ESMTP id {id}")),
@@ -219,14 +210,14 @@ fn known_recipients_are_queued_unknown_refused_and_relay_only_from_mynetworks() 
     assert!(node.ok(&["queue", "release", &id]).contains("released 1"));
     node.ok(&["queue", "flush"]);
     assert!(node.ok(&["queue", "delete", &id]).contains("deleted 1"));
-    assert!(!queue_ids(&node).contains(&id));
+    assert!(!node.queue_ids().contains(&id));
     let r = node.cli(&["queue", "delete", &id]);
     assert!(!r.status.success());
     assert!(hamail_tests::stderr(&r).contains("no such message"));
     let r = node.cli(&["queue", "show", "not-an-id"]);
     assert!(hamail_tests::stderr(&r).contains("invalid queue id"));
     node.ok(&["queue", "delete", "--all"]);
-    assert!(queue_ids(&node).is_empty());
+    assert!(node.queue_ids().is_empty());
 }
 
 #[test]
@@ -268,7 +259,7 @@ fn hostile_clients_get_errors_and_nothing_is_queued_by_them() {
         );
         assert!(c.closed());
     }
-    assert!(queue_ids(&node).is_empty(), "a smuggled message was queued");
+    assert!(node.queue_ids().is_empty(), "a smuggled message was queued");
 
     // NUL bytes, an overlong line, commands out of order.
     let mut c = session(addr);
@@ -339,7 +330,7 @@ fn hostile_clients_get_errors_and_nothing_is_queued_by_them() {
     assert!(c.reply().unwrap().text.starts_with("550 5.6.0"));
 
     // A client that disconnects mid-DATA leaves nothing behind.
-    let before = queue_ids(&node);
+    let before = node.queue_ids();
     let mut c = session(addr);
     assert!(c.cmd("MAIL FROM:<a@client.example>").unwrap().is(250));
     assert!(c.cmd("RCPT TO:<user@example.jp>").unwrap().is(250));
@@ -448,7 +439,7 @@ print(reply(g).strip())
     assert!(lines[1].starts_with("250 2.1.0"), "{text}");
 
     // Nothing from the cut DATA session was queued; the server still serves.
-    let after: BTreeSet<String> = queue_ids(&node);
+    let after: BTreeSet<String> = node.queue_ids();
     assert_eq!(after.len(), before.len() + 2, "only the two good messages");
     let mut c = session(addr);
     assert!(c.cmd("QUIT").unwrap().is(221));
@@ -510,7 +501,7 @@ fn every_250_survives_kill9_of_the_node_that_gave_it() {
     }
     for (i, n) in nodes.iter().enumerate() {
         let missing = wait_for("every acknowledged message on every node", || {
-            let have = queue_ids(n);
+            let have = n.queue_ids();
             let missing: Vec<&String> = acked.iter().filter(|id| !have.contains(*id)).collect();
             missing.is_empty().then_some(missing)
         });
@@ -546,8 +537,7 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
         .map(|i| {
             let target = Node::smtp_addr(i, rpc);
             wait_for("the node to take mail", || {
-                let (mut c, g) = SmtpClient::connect(&target).ok()?;
-                (g.is(220) && c.cmd("EHLO client.example").ok()?.is(250)).then_some(())
+                SmtpClient::greeted(&target, "client.example")
             });
             Command::new("/usr/sbin/smtp-source")
                 .args(["-s", "5", "-m", "100", "-l", "2048"])
@@ -562,17 +552,16 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
     }
     for n in &nodes {
         wait_for("300 messages on every node", || {
-            (queue_ids(n).len() >= 300).then_some(())
+            (n.queue_ids().len() >= 300).then_some(())
         });
     }
 
     let mut open = wait_for("node 1 to take mail", || {
-        let (mut c, g) = SmtpClient::connect(&addr).ok()?;
-        (g.is(220) && c.cmd("EHLO client.example").ok()?.is(250)).then_some(c)
+        SmtpClient::greeted(&addr, "client.example")
     });
     assert!(open.cmd("MAIL FROM:<a@client.example>").unwrap().is(250));
     assert!(open.cmd("RCPT TO:<user@example.jp>").unwrap().is(250));
-    let before = queue_ids(&nodes[0]);
+    let before = nodes[0].queue_ids();
 
     nodes[1].signal("STOP");
     nodes[2].signal("STOP");
@@ -598,8 +587,7 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
     nodes[1].signal("CONT");
     nodes[2].signal("CONT");
     let mut c = wait_for("node 1 to take mail again", || {
-        let (mut c, g) = SmtpClient::connect(&addr).ok()?;
-        (g.is(220) && c.cmd("EHLO back.example").ok()?.is(250)).then_some(c)
+        SmtpClient::greeted(&addr, "back.example")
     });
     let r = c
         .send_mail(
@@ -611,7 +599,7 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
     let healed = queued_id(&r).unwrap_or_else(|| panic!("{r:?}"));
     // Node 1 may be a follower that applies a moment after the leader.
     let after = wait_for("the healed message on node 1", || {
-        let q = queue_ids(&nodes[0]);
+        let q = nodes[0].queue_ids();
         q.contains(&healed).then_some(q)
     });
     // The healed message, and at most the one answered 451 (raft may still
