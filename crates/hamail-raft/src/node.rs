@@ -324,12 +324,15 @@ impl RaftNode {
     /// smtpd asks this before it takes a message (`421` otherwise), so that
     /// senders go to the next MX at once rather than wait for a timeout.
     pub fn has_quorum(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        // Asked per SMTP session and per MAIL: read the metrics in place.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let window = self.opts.election_timeout_max_ms;
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         match m.state {
             ServerState::Leader => {
-                voters == [self.node_id] || m.millis_since_quorum_ack.is_some_and(|ms| ms <= window)
+                let mut voters = m.membership_config.membership().voter_ids();
+                let sole = voters.next() == Some(self.node_id) && voters.next().is_none();
+                sole || m.millis_since_quorum_ack.is_some_and(|ms| ms <= window)
             }
             ServerState::Follower | ServerState::Learner => {
                 let last = self.leader_contact_ms.load(Ordering::Relaxed);

@@ -667,11 +667,18 @@ impl<B: Backend> Session<B> {
 
     /// Checks that a transaction may send its body; the error text if not.
     fn body_allowed(&self) -> Result<(), &'static str> {
+        self.have_recipients()?;
         match &self.txn {
-            None => Err("503 5.5.1 Error: need RCPT command"),
-            Some(t) if t.recipients.is_empty() => Err("503 5.5.1 Error: need RCPT command"),
             Some(t) if t.bdat.is_some() => Err("503 5.5.1 Error: DATA during BDAT transfer"),
-            Some(_) => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A transaction with at least one accepted recipient is under way.
+    fn have_recipients(&self) -> Result<(), &'static str> {
+        match &self.txn {
+            Some(t) if !t.recipients.is_empty() => Ok(()),
+            _ => Err("503 5.5.1 Error: need RCPT command"),
         }
     }
 
@@ -722,11 +729,7 @@ impl<B: Backend> Session<B> {
 
     async fn bdat(&mut self, size: usize, last: bool) -> Step<bool> {
         // The chunk is read whatever happens: it is not a command.
-        let allowed = match &self.txn {
-            None => Err("503 5.5.1 Error: need RCPT command"),
-            Some(t) if t.recipients.is_empty() => Err("503 5.5.1 Error: need RCPT command"),
-            Some(_) => Ok(()),
-        };
+        let allowed = self.have_recipients();
         let limit = self.settings.message_size_limit;
         let have = self
             .txn

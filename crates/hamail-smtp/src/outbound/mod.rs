@@ -442,18 +442,23 @@ fn fail_all(rcpts: &[MailAddress], last: &(String, bool, String)) -> Vec<Tried> 
         .collect()
 }
 
+/// A transport's destination as policy and password maps name it:
+/// `[host]:port`, `host`, ... (the spec without its `smtp:`/`lmtp:`).
+fn destination(spec: &TransportSpec) -> String {
+    let text = spec.to_string();
+    text.split_once(':')
+        .map_or(text.as_str(), |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
 fn tls_level(
     s: &DeliverySettings,
     spec: &TransportSpec,
     c: &route::Candidate,
     rcpts: &[MailAddress],
 ) -> TlsLevel {
-    let spec_text = spec.to_string();
-    let dest = spec_text
-        .split_once(':')
-        .map_or(spec_text.as_str(), |(_, d)| d);
     let keys = [
-        dest.to_ascii_lowercase(),
+        destination(spec),
         c.host.to_ascii_lowercase(),
         rcpts
             .first()
@@ -473,15 +478,10 @@ fn sasl_for(
     if s.sasl_passwords.is_empty() {
         return None;
     }
-    let spec_text = spec.to_string();
-    let dest = spec_text
-        .split_once(':')
-        .map_or(spec_text.as_str(), |(_, d)| d)
-        .to_ascii_lowercase();
     let host = c.host.to_ascii_lowercase();
     let port = c.addr.port();
     [
-        dest,
+        destination(spec),
         format!("[{host}]:{port}"),
         format!("[{host}]"),
         format!("{host}:{port}"),
