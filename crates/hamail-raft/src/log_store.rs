@@ -21,22 +21,50 @@ const KEY_COMMITTED: &str = "committed";
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    flusher: Arc<Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread and the way to it. Dropped with the last LogStore
+/// clone: it closes the channel and joins the thread, so the thread's store
+/// handle is gone before the drop returns. A detached thread dropping the
+/// last handle would close RocksDB concurrently with process exit, and
+/// RocksDB aborts ("pthread lock: Invalid argument") when its statics are
+/// torn down under a closing DB.
+struct Flusher {
+    tx: Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(store: Store) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let s = store.clone();
-        // The thread ends when the last LogStore clone (and its sender) is gone.
-        std::thread::Builder::new()
+        // The thread ends when the channel closes (see Flusher's drop).
+        let thread = std::thread::Builder::new()
             .name("hamail-log-sync".into())
             .spawn(move || flusher(s, rx))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log flusher"));
+            .map_err(|e| tracing::error!(error = %e, "cannot start the log flusher"))
+            .ok();
         LogStore {
             store,
-            flusher: Arc::new(Mutex::new(tx)),
+            flusher: Arc::new(Flusher {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(thread),
+            }),
         }
     }
 
@@ -179,9 +207,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(storage_err)?;
         let sender = self
             .flusher
+            .tx
             .lock()
             .map_err(|_| storage_err(std::io::Error::other("log flusher lock poisoned")))?;
-        if let Err(mpsc::SendError(cb)) = sender.send(callback) {
+        let sent = match sender.as_ref() {
+            Some(tx) => tx.send(callback).map_err(|mpsc::SendError(cb)| cb),
+            None => Err(callback),
+        };
+        if let Err(cb) = sent {
             // The flusher thread is gone: sync here instead.
             let r = self
                 .store
