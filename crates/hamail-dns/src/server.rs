@@ -415,9 +415,17 @@ impl DnsServer {
         mut changes: watch::Receiver<u64>,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let mut version = store.zones_version().ok().flatten();
-        let (served, mut serials) = build(&store);
-        let served = Arc::new(ArcSwap::from_pointee(served));
+        // Nothing is served until `changes` first moves: the node sends it
+        // only once its applied state is a full member's (a rebuilt node's
+        // partial copy would answer older serials than the site did before).
+        // Like BIND at start, the first build NOTIFYs every zone.
+        let mut version = None;
+        let mut built = false;
+        let mut serials = BTreeMap::new();
+        let served = Arc::new(ArcSwap::from_pointee(Served {
+            catalog: Catalog::new(),
+            zones: BTreeMap::new(),
+        }));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let udp_handler = Arc::new(Handler {
             served: served.clone(),
@@ -439,7 +447,7 @@ impl DnsServer {
             }
             server.register_listener(tcp, opts.tcp_idle_timeout, 64);
         }
-        tracing::info!(listen = ?opts.listen, zones = serials.len(), "dns serving");
+        tracing::info!(listen = ?opts.listen, "dns serving");
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -452,9 +460,10 @@ impl DnsServer {
                         // Most writes are not zone edits: rebuild only when a
                         // zone changed (a snapshot install moves this too).
                         let now = store.zones_version().ok().flatten();
-                        if now == version {
+                        if built && now == version {
                             continue;
                         }
+                        built = true;
                         version = now;
                         let store = store.clone();
                         let Ok((next, next_serials)) = tokio::task::spawn_blocking(move || build(&store)).await else {

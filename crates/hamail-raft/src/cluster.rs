@@ -209,8 +209,10 @@ impl Cluster {
             service,
             self.cancel.child_token(),
         ));
+        let promote = tokio::spawn(promoter(node.clone(), self.cancel.child_token()));
         if let Ok(mut t) = self.tasks.lock() {
             t.push(task);
+            t.push(promote);
         }
         *self.running.write().await = Some(Running {
             node: node.clone(),
@@ -472,8 +474,7 @@ async fn leader_admin(node: &Arc<RaftNode>, op: AdminOp) -> Result<String, Strin
                 .add_learner(node_id, info.clone(), false)
                 .await
                 .map_err(|e| format!("add learner {node_id}: {e}"))?;
-            let n = node.clone();
-            tokio::spawn(async move { promote_when_caught_up(n, node_id).await });
+            // The leader's promoter makes it a voter once it caught up.
             Ok(format!("node {node_id} ({}) added as a learner", info.name))
         }
         AdminOp::RemoveNode { node_id } => {
@@ -508,44 +509,65 @@ async fn leader_admin(node: &Arc<RaftNode>, op: AdminOp) -> Result<String, Strin
     }
 }
 
-/// Promotes a learner to voter once its log matches the leader's.
-async fn promote_when_caught_up(node: Arc<RaftNode>, id: NodeId) {
-    let deadline = tokio::time::Instant::now() + PROMOTE_PATIENCE;
+/// How far behind the leader's log a learner may be when it is promoted:
+/// under a steady write load at geo distances it is never exactly level.
+const PROMOTE_LAG: u64 = 64;
+
+/// On whichever node leads: promotes every learner (a node that joined)
+/// whose log is within `PROMOTE_LAG` entries of the leader's. A loop rather
+/// than a task per join, so a join survives a change of leader.
+async fn promoter(node: Arc<RaftNode>, cancel: CancellationToken) {
     let mut rx = node.raft.metrics();
     loop {
-        let caught_up = {
-            let m = rx.borrow();
-            let target = m.last_log_index.unwrap_or(0);
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map(|l| l.index)
-                .unwrap_or(0);
-            m.state == openraft::ServerState::Leader && matched + 1 >= target
+        let ready: Vec<NodeId> = {
+            let m = rx.borrow_and_update();
+            if m.state != openraft::ServerState::Leader {
+                Vec::new()
+            } else {
+                let target = m.last_log_index.unwrap_or(0);
+                m.membership_config
+                    .membership()
+                    .learner_ids()
+                    .filter(|id| {
+                        let matched = m
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).cloned().flatten())
+                            .map(|l| l.index);
+                        matched.is_some_and(|i| i + PROMOTE_LAG >= target)
+                    })
+                    .collect()
+            }
         };
-        if caught_up {
+        for id in ready {
             let _l = node.membership_lock.lock().await;
+            // Still a learner (not removed meanwhile)?
+            let learner = node
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == id);
+            if !learner {
+                continue;
+            }
             match node
                 .raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
                 .await
             {
-                Ok(_) => {
-                    tracing::info!(node_id = id, "learner caught up: now a voter");
-                    return;
-                }
+                Ok(_) => tracing::info!(node_id = id, "learner caught up: now a voter"),
                 Err(e) => tracing::warn!(node_id = id, error = %e, "promotion failed; retrying"),
             }
         }
         tokio::select! {
+            _ = cancel.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(node_id = id, "learner did not catch up in time; not promoted");
-                return;
-            }
         }
+        // At most a few checks a second under a write load.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -208,6 +208,9 @@ pub struct RaftNode {
     /// When this node last heard from a leader (ms since `started`).
     leader_contact_ms: AtomicU64,
     started: std::time::Instant,
+    /// Set once this node's applied state is a full member's (see
+    /// `is_caught_up`); never cleared while the process runs.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// What `hamail status` shows of raft.
@@ -302,6 +305,7 @@ impl RaftNode {
             opts: opts.clone(),
             leader_contact_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            caught_up: std::sync::atomic::AtomicBool::new(false),
         });
         node.elect_if_sole_voter().await;
         Ok(node)
@@ -342,6 +346,35 @@ impl RaftNode {
             }
             _ => false,
         }
+    }
+
+    /// Whether this node's applied state may be served: it is a voter and
+    /// has applied the membership entry that made it one. A node rebuilt
+    /// from an empty data directory joins as a learner and is promoted only
+    /// once it caught up, so until then it holds a partial copy (no
+    /// recipients, old zones): it must neither answer DNS from it (a serial
+    /// older than the one the site served before) nor judge recipients by
+    /// it (a 550 for a valid address). A node restarted with its data is a
+    /// voter whose own log holds that entry, so it serves again at once, cut
+    /// off or not. Sticky: once true it stays true.
+    pub fn is_caught_up(&self) -> bool {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.node_id);
+        let entry = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let ready = voter && applied >= entry;
+        if ready {
+            self.caught_up.store(true, Ordering::Relaxed);
+        }
+        ready
     }
 
     pub fn store(&self) -> &Store {

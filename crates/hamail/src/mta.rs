@@ -69,7 +69,8 @@ impl Backend for ClusterBackend {
     }
 
     fn has_quorum(&self) -> bool {
-        self.node().is_some_and(|n| n.has_quorum())
+        self.node()
+            .is_some_and(|n| n.has_quorum() && n.is_caught_up())
     }
 
     async fn enqueue(&self, message: NewMessage) -> Result<(), EnqueueError> {

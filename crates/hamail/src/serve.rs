@@ -264,6 +264,14 @@ async fn follow_applied(
         }
     };
     let mut metrics = node.raft.metrics();
+    // Nothing follows the applied state (DNS, the queue manager) until it is
+    // a full member's: a rebuilt node's partial copy is never served.
+    while !node.is_caught_up() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
     loop {
         let applied = metrics.borrow().last_applied.map(|l| l.index).unwrap_or(0);
         tx.send_if_modified(|v| {
