@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hamail_tests::smtp::{SmtpClient, queued_id};
-use hamail_tests::{Node, form_cluster_with, wait_for, workspace_bin};
+use hamail_tests::{Node, form_cluster_with, stderr, stdout, wait_for, workspace_bin};
 
 const RPC: u16 = 17710;
 const PROXY: u16 = RPC + 100;
@@ -60,6 +60,11 @@ enum Fault {
     Pause(u8),
     /// The first cannot reach the second; the second still reaches it.
     OneWay(u8, u8),
+    /// The site burns down: kill -9, `cluster remove` from a survivor, its
+    /// data directory wiped, and after the pause a new node on the same
+    /// address `cluster join`s (a new node id; the lost node's queue is
+    /// handed to the survivors).
+    Rebuild(u8),
 }
 
 /// A small deterministic generator (xorshift64*), so a schedule can be
@@ -88,6 +93,7 @@ fn schedule() -> (Schedule, Option<(u64, Duration)>) {
         (Fault::Kill(2), Duration::from_secs(2)),
         (Fault::Pause(3), Duration::from_secs(3)),
         (Fault::OneWay(2, 3), Duration::from_secs(3)),
+        (Fault::Rebuild(1), Duration::from_secs(2)),
     ];
     let Some(secs) = std::env::var("HAMAIL_CHAOS_SECS")
         .ok()
@@ -111,11 +117,12 @@ fn schedule() -> (Schedule, Option<(u64, Duration)>) {
 fn random_fault(rng: &mut Rng) -> (Fault, Duration) {
     let site = rng.below(3) as u8 + 1;
     let other = (site + rng.below(2) as u8) % 3 + 1;
-    let fault = match rng.below(4) {
-        0 => Fault::Isolate(site),
-        1 => Fault::Kill(site),
-        2 => Fault::Pause(site),
-        _ => Fault::OneWay(site, other),
+    let fault = match rng.below(9) {
+        0 | 1 => Fault::Isolate(site),
+        2 | 3 => Fault::Kill(site),
+        4 | 5 => Fault::Pause(site),
+        6 | 7 => Fault::OneWay(site, other),
+        _ => Fault::Rebuild(site),
     };
     (fault, Duration::from_millis(1000 + rng.below(5000)))
 }
@@ -152,7 +159,43 @@ fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
             std::thread::sleep(d);
             set_rules(rules, "");
         }
+        Fault::Rebuild(i) => rebuild(i, d, nodes),
     }
+}
+
+/// The rebuilt-site fault: see `Fault::Rebuild`.
+fn rebuild(i: u8, d: Duration, nodes: &mut [Node]) {
+    let k = i as usize - 1;
+    nodes[k].kill9();
+    let s = (k + 1) % 3;
+    let name = format!("n{i}");
+    wait_for("the lost node removed by a survivor", || {
+        let out = nodes[s].cli(&["cluster", "remove", &name]);
+        // A retry after a remove that committed but timed out finds no node.
+        (out.status.success() || stderr(&out).contains("no node")).then_some(())
+    });
+    std::fs::remove_dir_all(nodes[k].dir.join("data")).unwrap();
+    std::thread::sleep(d);
+    let token = wait_for("a join token from a survivor", || {
+        let out = nodes[s].cli(&["cluster", "token", "--ttl", "10m"]);
+        out.status
+            .success()
+            .then(|| stdout(&out).trim().to_string())
+    });
+    nodes[k].start_waiting();
+    let out = nodes[k].cli(&[
+        "cluster",
+        "join",
+        &proxy_addr(s as u8 + 1),
+        "--token",
+        &token,
+    ]);
+    assert!(
+        out.status.success() && stdout(&out).contains("now a voter"),
+        "the rebuilt site could not join: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 fn soa(i: u8, dns: u16) -> Option<u64> {
