@@ -414,10 +414,14 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
     let (fixed, random) = schedule();
     let mut run = |fault: Fault, d: Duration, nodes: &mut Vec<Node>| {
         inject(fault, d, &rules, nodes);
-        report.push((
-            format!("{fault:?} for {} ms", d.as_millis()),
-            recovered(nodes),
-        ));
+        let what = format!("{fault:?} for {} ms", d.as_millis());
+        let t = recovered(nodes);
+        eprintln!(
+            "chaos: fault {} done: {what}, recovered in {} ms",
+            report.len() + 1,
+            t.as_millis()
+        );
+        report.push((what, t));
     };
     for (fault, d) in fixed {
         run(fault, d, &mut nodes);
