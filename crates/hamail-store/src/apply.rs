@@ -327,7 +327,8 @@ impl<'a> Applier<'a> {
                 queue_id,
                 epoch,
                 results,
-            } => self.queue_result(queue_id, *epoch, results),
+                notice,
+            } => self.queue_result(queue_id, *epoch, results, notice.as_deref(), ctx),
             Command::QueueReassign { from, to } => self.queue_reassign(*from, to),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"

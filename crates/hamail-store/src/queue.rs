@@ -143,6 +143,8 @@ impl Applier<'_> {
         queue_id: &QueueId,
         epoch: u64,
         results: &[(hamail_types::MailAddress, RecipientStatus)],
+        notice: Option<&NewMessage>,
+        ctx: &ApplyContext,
     ) -> Result<Outcome> {
         let key = queue_id.as_str().as_bytes().to_vec();
         let Some(mut e) = self.get_typed::<QueueEntry>(Table::Queue, &key, "queue entry")? else {
@@ -156,6 +158,7 @@ impl Applier<'_> {
                 e.owner, e.epoch
             )));
         }
+        let mut newly_bounced = 0;
         for (address, status) in results {
             // A final recipient stays final (a late duplicate changes nothing).
             if let Some(r) = e
@@ -163,16 +166,28 @@ impl Applier<'_> {
                 .iter_mut()
                 .find(|r| &r.address == address && !r.status.is_final())
             {
+                if matches!(status, RecipientStatus::Bounced { .. }) {
+                    newly_bounced += 1;
+                }
                 r.status = status.clone();
             }
+        }
+        // One notice per bounce: none for a repeated result, none to `<>`.
+        let mut noticed = String::new();
+        if let Some(n) = notice
+            && newly_bounced > 0
+            && e.sender.is_some()
+            && self.queue_insert(n, ctx)?.is_applied()
+        {
+            noticed = format!(", bounce notice {}", n.queue_id);
         }
         if e.recipients.iter().all(|r| r.status.is_final()) {
             self.delete(Table::Bodies, key.clone());
             self.delete(Table::Queue, key);
-            return Ok(Outcome::applied(format!("{queue_id}: removed")));
+            return Ok(Outcome::applied(format!("{queue_id}: removed{noticed}")));
         }
         self.put(Table::Queue, key, &e);
-        Ok(Outcome::applied(format!("{queue_id}: updated")))
+        Ok(Outcome::applied(format!("{queue_id}: updated{noticed}")))
     }
 
     pub(crate) fn queue_reassign(

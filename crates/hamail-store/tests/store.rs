@@ -478,6 +478,7 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
         queue_id: ids[0].clone(),
         epoch,
         results: vec![(rcpt.clone(), delivered.clone())],
+        notice: None,
     };
     let mut ap = Applier::new(&store);
     // The old owner's late result: refused, nothing changes.
@@ -494,4 +495,88 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
     ap.commit().unwrap();
     assert!(store.queue_entry(&ids[0]).unwrap().is_none());
     assert!(store.queue_body(&ids[0]).unwrap().is_none());
+}
+
+#[test]
+fn a_bounce_notice_is_queued_once_and_only_for_a_counted_result() {
+    use hamail_types::{NewMessage, QueueId, RecipientStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ctx = ApplyContext {
+        time_ms: 1,
+        proposer: 1,
+        log_index: 1,
+    };
+    let a = MailAddress::parse("a@example.jp").unwrap();
+    let b = MailAddress::parse("b@example.jp").unwrap();
+    let sender = MailAddress::parse("s@client.example").unwrap();
+    let message = |id: QueueId, sender: Option<MailAddress>, rcpts: Vec<MailAddress>| NewMessage {
+        queue_id: id,
+        sender,
+        recipients: rcpts,
+        owner: 1,
+        client: "local".into(),
+        helo: String::new(),
+        smtputf8: false,
+        eight_bit: false,
+        body: b"x\r\n".to_vec(),
+    };
+    let bounced = RecipientStatus::Bounced {
+        reason: "550 5.1.1 no such user".into(),
+        time_ms: 2,
+    };
+    let queued = |id: &QueueId| store.queue_entry(id).unwrap().is_some();
+    let id = QueueId::new(500, 1);
+    let mut ap = Applier::new(&store);
+    let insert = Command::QueueInsert {
+        message: Box::new(message(
+            id.clone(),
+            Some(sender.clone()),
+            vec![a.clone(), b.clone()],
+        )),
+    };
+    assert!(ap.apply(&insert, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    let result = |epoch, n: u64| Command::QueueResult {
+        queue_id: id.clone(),
+        epoch,
+        results: vec![(a.clone(), bounced.clone())],
+        notice: Some(Box::new(message(
+            QueueId::new(600 + n, 1),
+            None,
+            vec![sender.clone()],
+        ))),
+    };
+    // A stale epoch: refused, and its notice is not queued.
+    let mut ap = Applier::new(&store);
+    assert!(!ap.apply(&result(7, 1), &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(!queued(&QueueId::new(601, 1)));
+    // The owner's: a is bounced, the notice is queued.
+    let mut ap = Applier::new(&store);
+    assert!(ap.apply(&result(1, 2), &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(queued(&QueueId::new(602, 1)));
+    // The same result again (a retried commit): a was already final, no
+    // second notice.
+    let mut ap = Applier::new(&store);
+    assert!(ap.apply(&result(1, 3), &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(!queued(&QueueId::new(603, 1)));
+    // A notice's own bounce (sender <>) gets none.
+    let mut ap = Applier::new(&store);
+    let notice_id = QueueId::new(602, 1);
+    let cmd = Command::QueueResult {
+        queue_id: notice_id.clone(),
+        epoch: 1,
+        results: vec![(sender.clone(), bounced.clone())],
+        notice: Some(Box::new(message(
+            QueueId::new(604, 1),
+            None,
+            vec![sender.clone()],
+        ))),
+    };
+    assert!(ap.apply(&cmd, &ctx).unwrap().is_applied());
+    ap.commit().unwrap();
+    assert!(!queued(&notice_id) && !queued(&QueueId::new(604, 1)));
 }

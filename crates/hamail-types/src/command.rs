@@ -163,10 +163,14 @@ pub enum Command {
     /// The outcome of a delivery attempt, made under lease `epoch`: refused
     /// if the message has since been given to another owner (fencing). When
     /// every recipient is final the message and its body leave the queue.
+    /// `notice` is the bounce notice (DSN) for the attempt's failures: it
+    /// is queued only if the result counts and newly bounces a recipient,
+    /// so a fenced or repeated result never sends a second one.
     QueueResult {
         queue_id: QueueId,
         epoch: u64,
         results: Vec<(MailAddress, RecipientStatus)>,
+        notice: Option<Box<NewMessage>>,
     },
     /// Gives the unfinished messages owned by `from` (gone longer than the
     /// lease) to the nodes `to`, round robin in queue order, epoch + 1.
@@ -264,6 +268,9 @@ impl Command {
             Command::QueueResult { results, .. } if results.is_empty() => {
                 bad("a delivery result names no recipient".into())
             }
+            Command::QueueResult {
+                notice: Some(m), ..
+            } => m.validate(),
             Command::QueueReassign { from, to } if to.is_empty() || to.contains(from) => {
                 bad(format!("messages of node {from} need other nodes to go to"))
             }

@@ -119,7 +119,7 @@ pub fn load_password_map(
 /// How long a message tried here is left alone while this node's copy of
 /// it has not changed yet (the result is normally applied within
 /// milliseconds; a result that failed to commit is retried after this).
-const SETTLE: Duration = Duration::from_secs(30);
+pub const SETTLE: Duration = Duration::from_secs(30);
 /// Shortest time between two scans of the queue.
 const SCAN_GAP: Duration = Duration::from_millis(50);
 
@@ -140,10 +140,10 @@ pub async fn run_queue_manager<Q: QueueStore>(
 ) {
     let in_flight: Arc<Mutex<HashSet<QueueId>>> = Arc::default();
     // Messages whose result was committed but that this node may not have
-    // applied yet (a follower applies a moment after the leader): they are
-    // left alone while the local copy is still the one they were tried
-    // from, so a delivered message is not delivered twice.
-    let settling: Arc<Mutex<HashMap<QueueId, (QueueEntry, Instant)>>> = Arc::default();
+    // applied yet (a follower applies a moment after the leader): left
+    // alone until the local copy shows the record (see `Settle`), so a
+    // delivered message is not delivered twice.
+    let settling: Arc<Mutex<HashMap<QueueId, Settle>>> = Arc::default();
     let total = Arc::new(Semaphore::new(settings.total_concurrency.max(1)));
     let per_dest: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Arc::default();
     let pool: Arc<client::Pool> = Arc::default();
@@ -185,8 +185,8 @@ pub async fn run_queue_manager<Q: QueueStore>(
         for entry in due {
             {
                 let mut st = settling.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((before, at)) = st.get(&entry.queue_id) {
-                    if *before == entry && at.elapsed() < SETTLE {
+                if let Some(settle) = st.get(&entry.queue_id) {
+                    if settle.holds(&entry, settle.at.elapsed()) {
                         continue;
                     }
                     st.remove(&entry.queue_id);
@@ -210,11 +210,16 @@ pub async fn run_queue_manager<Q: QueueStore>(
             tasks.spawn(async move {
                 let id = entry.queue_id.clone();
                 let before = entry.clone();
-                deliver_message(store.as_ref(), &settings, &per_dest, &pool, entry).await;
-                settling
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), (before, Instant::now()));
+                let recorded =
+                    deliver_message(store.as_ref(), &settings, &per_dest, &pool, entry).await;
+                settling.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    id.clone(),
+                    Settle {
+                        before,
+                        recorded,
+                        at: Instant::now(),
+                    },
+                );
                 in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -225,6 +230,40 @@ pub async fn run_queue_manager<Q: QueueStore>(
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+}
+
+/// A message this node just tried, until its local copy shows the record
+/// of the attempt (or SETTLE passes: the record may never have committed).
+pub struct Settle {
+    /// The message as the attempt saw it.
+    pub before: QueueEntry,
+    /// What the attempt recorded; empty if it recorded nothing.
+    pub recorded: Vec<(MailAddress, RecipientStatus)>,
+    pub at: Instant,
+}
+
+impl Settle {
+    /// Whether `now` (the local copy) must still be left alone. Comparing
+    /// with the record, not with the copy the attempt saw: the copy can
+    /// change meanwhile for other reasons (an older record applied late)
+    /// while this attempt's record is still on its way.
+    pub fn holds(&self, now: &QueueEntry, elapsed: Duration) -> bool {
+        if elapsed >= SETTLE {
+            return false;
+        }
+        if self.recorded.is_empty() {
+            return *now == self.before;
+        }
+        if now.epoch != self.before.epoch {
+            // Handed over: the new owner decides.
+            return false;
+        }
+        self.recorded.iter().any(|(addr, st)| {
+            now.recipients
+                .iter()
+                .any(|r| &r.address == addr && !r.status.is_final() && &r.status != st)
+        })
+    }
 }
 
 /// The recipients of a message that are due now.
@@ -250,22 +289,23 @@ struct Tried {
     relay: String,
 }
 
+/// Tries a message's due recipients; returns what it recorded.
 async fn deliver_message<Q: QueueStore>(
     store: &Q,
     s: &DeliverySettings,
     per_dest: &Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: &client::Pool,
     entry: QueueEntry,
-) {
+) -> Vec<(MailAddress, RecipientStatus)> {
     let id = entry.queue_id.clone();
     let started = Instant::now();
     let now = now_ms();
     let body = match store.body(&id) {
         Ok(Some(b)) => b,
-        Ok(None) => return,
+        Ok(None) => return Vec::new(),
         Err(e) => {
             tracing::warn!(queue_id = %id, error = %e, "cannot read the body");
-            return;
+            return Vec::new();
         }
     };
     let due = due_recipients(&entry, now);
@@ -325,11 +365,11 @@ async fn deliver_message<Q: QueueStore>(
                 .clone()
         };
         let Ok(_permit) = sem.acquire_owned().await else {
-            return;
+            return Vec::new();
         };
         tried.extend(deliver_group(store, s, pool, &entry, &body, &specs, &rcpts).await);
     }
-    commit_outcomes(store, s, &entry, &body, &attempts, tried, started).await;
+    commit_outcomes(store, s, &entry, &body, &attempts, tried, started).await
 }
 
 /// Tries the transports in order for one group of recipients.
@@ -541,9 +581,9 @@ async fn commit_outcomes<Q: QueueStore>(
     attempts: &HashMap<MailAddress, u32>,
     tried: Vec<Tried>,
     started: Instant,
-) {
+) -> Vec<(MailAddress, RecipientStatus)> {
     if tried.is_empty() {
-        return;
+        return Vec::new();
     }
     let now = now_ms();
     let age = Duration::from_millis(now.saturating_sub(entry.arrival_ms));
@@ -634,40 +674,28 @@ async fn commit_outcomes<Q: QueueStore>(
         ));
         results.push((t.rcpt, status));
     }
-    let mut commands = vec![Command::QueueResult {
-        queue_id: entry.queue_id.clone(),
-        epoch: entry.epoch,
+    let recorded = results.clone();
+    let (command, dsn_id) = attempt_record(
+        entry,
+        body,
         results,
-    }];
-    let mut dsn_id = None;
-    if !failures.is_empty() && entry.sender.is_some() {
-        let id = crate::next_queue_id(store.node_id());
-        let text = dsn::build(entry, body, &failures, &s.hostname, now / 1000);
-        commands.push(Command::QueueInsert {
-            message: Box::new(NewMessage {
-                queue_id: id.clone(),
-                sender: None,
-                recipients: vec![entry.sender.clone().expect("checked above")],
-                owner: store.node_id(),
-                client: "local".into(),
-                helo: s.hostname.clone(),
-                smtputf8: false,
-                eight_bit: true,
-                body: text,
-            }),
-        });
-        dsn_id = Some(id);
-    }
-    match store.commit(commands).await {
+        &failures,
+        store.node_id(),
+        &s.hostname,
+        now,
+    );
+    match store.commit(vec![command]).await {
         Ok(outcomes) => match outcomes.first() {
             Some(Outcome::Applied { detail }) => {
                 for l in &lines {
                     tracing::info!(target: "postfix/smtp", "{l}");
                 }
-                if let Some(id) = dsn_id {
+                // The state machine queued the notice only if this result
+                // newly bounced someone.
+                if let Some(id) = dsn_id.filter(|id| detail.contains(id.as_str())) {
                     tracing::info!(target: "postfix/bounce", "{}: sender non-delivery notification: {id}", entry.queue_id);
                 }
-                if detail.ends_with("removed") {
+                if detail.contains(": removed") {
                     tracing::info!(target: "postfix/qmgr", "{}: removed", entry.queue_id);
                 }
             }
@@ -682,4 +710,45 @@ async fn commit_outcomes<Q: QueueStore>(
             tracing::warn!(target: "postfix/qmgr", "{}: cannot commit the delivery result (it will be tried again): {e}", entry.queue_id);
         }
     }
+    recorded
+}
+
+/// What one delivery attempt commits: the recipients' results under the
+/// lease epoch the attempt ran with, carrying a bounce notice (RFC 3464) to
+/// the sender for the failures (never for a `<>` sender), which the state
+/// machine queues only if the result counts. Returns the command and the
+/// notice's queue id.
+pub fn attempt_record(
+    entry: &QueueEntry,
+    body: &[u8],
+    results: Vec<(MailAddress, RecipientStatus)>,
+    failures: &[dsn::Failure],
+    node: NodeId,
+    hostname: &str,
+    now_ms: u64,
+) -> (Command, Option<QueueId>) {
+    let mut notice = None;
+    let mut dsn_id = None;
+    if let (false, Some(sender)) = (failures.is_empty(), &entry.sender) {
+        let id = crate::next_queue_id(node);
+        notice = Some(Box::new(NewMessage {
+            queue_id: id.clone(),
+            sender: None,
+            recipients: vec![sender.clone()],
+            owner: node,
+            client: "local".into(),
+            helo: hostname.to_string(),
+            smtputf8: false,
+            eight_bit: true,
+            body: dsn::build(entry, body, failures, hostname, now_ms / 1000),
+        }));
+        dsn_id = Some(id);
+    }
+    let command = Command::QueueResult {
+        queue_id: entry.queue_id.clone(),
+        epoch: entry.epoch,
+        results,
+        notice,
+    };
+    (command, dsn_id)
 }
