@@ -656,11 +656,7 @@ impl Sim {
                 let due: Vec<MailAddress> = e
                     .recipients
                     .iter()
-                    .filter(|r| match &r.status {
-                        RecipientStatus::Pending => true,
-                        RecipientStatus::Deferred { next_try_ms, .. } => *next_try_ms <= self.now,
-                        _ => false,
-                    })
+                    .filter(|r| r.status.is_due(self.now, 8 * RETRY_MS))
                     .map(|r| r.address.clone())
                     .collect();
                 if e.owner != id_of(n) || e.held || due.is_empty() {

@@ -141,6 +141,21 @@ impl RecipientStatus {
         )
     }
 
+    /// Whether the recipient is to be tried at `now_ms`: pending, or
+    /// deferred until then. A retry time more than `max_wait_ms` ahead
+    /// (the longest backoff) means the clock was stepped back since it was
+    /// set: the recipient is due rather than stuck until the clock catches
+    /// up again.
+    pub fn is_due(&self, now_ms: u64, max_wait_ms: u64) -> bool {
+        match self {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred { next_try_ms, .. } => {
+                *next_try_ms <= now_ms || *next_try_ms > now_ms.saturating_add(max_wait_ms)
+            }
+            _ => false,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             RecipientStatus::Pending => "pending",
@@ -219,5 +234,25 @@ mod tests {
         assert_eq!(QueueId::parse(&a.as_str().to_lowercase()).unwrap(), a);
         assert!(QueueId::parse("XYZ").is_err());
         assert!(QueueId::parse("0123456789ABCDEFA").is_err());
+    }
+
+    #[test]
+    fn deferred_recipients_are_due_at_their_time_or_after_a_clock_step_back() {
+        let deferred = |next_try_ms| RecipientStatus::Deferred {
+            reason: "451".into(),
+            next_try_ms,
+            attempts: 1,
+        };
+        let max_wait = 4_000_000;
+        assert!(RecipientStatus::Pending.is_due(0, max_wait));
+        assert!(!deferred(10_000_300).is_due(10_000_000, max_wait));
+        assert!(deferred(10_000_300).is_due(10_000_300, max_wait));
+        // Set 2 h ahead by a clock since stepped back: due now.
+        assert!(deferred(10_000_000 + 7_200_000).is_due(10_000_000, max_wait));
+        let done = RecipientStatus::Delivered {
+            reply: "250".into(),
+            time_ms: 1,
+        };
+        assert!(!done.is_due(u64::MAX, max_wait));
     }
 }

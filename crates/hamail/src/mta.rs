@@ -17,7 +17,7 @@ use hamail_smtp::{Backend, EnqueueError, Settings, Smtpd, Tables};
 use hamail_store::Store;
 use hamail_types::{
     Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, QueueEntry, QueueId,
-    RecipientStatus, TransportSpec,
+    TransportSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -111,19 +111,13 @@ impl QueueStore for ClusterBackend {
         self.has_quorum()
     }
 
-    fn due(&self, now_ms: u64) -> Result<Vec<QueueEntry>, String> {
+    fn owned(&self) -> Result<Vec<QueueEntry>, String> {
         let me = Backend::node_id(self);
         let all = self.store.queue_entries().map_err(|e| e.to_string())?;
         Ok(all
             .into_iter()
             .filter(|e| e.owner == me && !e.held)
-            .filter(|e| {
-                e.recipients.iter().any(|r| match &r.status {
-                    RecipientStatus::Pending => true,
-                    RecipientStatus::Deferred { next_try_ms, .. } => *next_try_ms <= now_ms,
-                    _ => false,
-                })
-            })
+            .filter(|e| e.recipients.iter().any(|r| !r.status.is_final()))
             .collect())
     }
 

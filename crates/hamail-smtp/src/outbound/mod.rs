@@ -31,8 +31,9 @@ pub trait QueueStore: Send + Sync + 'static {
     fn node_id(&self) -> NodeId;
     /// The lease holds: this node can commit (it reaches a majority).
     fn may_deliver(&self) -> bool;
-    /// Messages owned by this node, not held, with a recipient due.
-    fn due(&self, now_ms: u64) -> Result<Vec<QueueEntry>, String>;
+    /// Messages owned by this node, not held, with a recipient not final
+    /// (the queue manager decides which are due).
+    fn owned(&self) -> Result<Vec<QueueEntry>, String>;
     fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, String>;
     fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String>;
     fn transport(
@@ -173,7 +174,8 @@ pub async fn run_queue_manager<Q: QueueStore>(
         }
         last_scan = Instant::now();
         pool.expire();
-        let due = store.due(now_ms());
+        let now = now_ms();
+        let due = store.owned();
         scan_cost = last_scan.elapsed();
         let due = match due {
             Ok(d) => d,
@@ -183,6 +185,9 @@ pub async fn run_queue_manager<Q: QueueStore>(
             }
         };
         for entry in due {
+            if due_recipients(&entry, now, &settings).is_empty() {
+                continue;
+            }
             {
                 let mut st = settling.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(settle) = st.get(&entry.queue_id) {
@@ -266,18 +271,16 @@ impl Settle {
     }
 }
 
-/// The recipients of a message that are due now.
-fn due_recipients(e: &QueueEntry, now: u64) -> Vec<(MailAddress, u32)> {
+/// The recipients of a message that are due now, with their attempts so
+/// far.
+fn due_recipients(e: &QueueEntry, now: u64, s: &DeliverySettings) -> Vec<(MailAddress, u32)> {
+    let max_wait = s.maximal_backoff.as_millis() as u64;
     e.recipients
         .iter()
-        .filter_map(|r| match &r.status {
-            RecipientStatus::Pending => Some((r.address.clone(), 0)),
-            RecipientStatus::Deferred {
-                next_try_ms,
-                attempts,
-                ..
-            } if *next_try_ms <= now => Some((r.address.clone(), *attempts)),
-            _ => None,
+        .filter(|r| r.status.is_due(now, max_wait))
+        .map(|r| match &r.status {
+            RecipientStatus::Deferred { attempts, .. } => (r.address.clone(), *attempts),
+            _ => (r.address.clone(), 0),
         })
         .collect()
 }
@@ -308,7 +311,7 @@ async fn deliver_message<Q: QueueStore>(
             return Vec::new();
         }
     };
-    let due = due_recipients(&entry, now);
+    let due = due_recipients(&entry, now, s);
     let attempts: HashMap<MailAddress, u32> = due.iter().cloned().collect();
     // Recipients of one message to the same next hop: one transaction.
     let mut groups: BTreeMap<String, (Vec<TransportSpec>, Vec<MailAddress>)> = BTreeMap::new();
