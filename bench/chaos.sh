@@ -2,7 +2,8 @@
 # bench/chaos: the geo fault suite (tests/tests/chaos.rs) for a long run:
 # a random schedule of faults — a site isolated, killed with -9, paused
 # with SIGSTOP, a link cut one way, a site rebuilt from an empty data
-# directory (cluster remove + join) — for SECS seconds over links of
+# directory (cluster remove + join), a wall clock stepped up to 2 h either
+# way — for SECS seconds over links of
 # DELAY_MS each way (default 40: 80 ms round trips), while mail and zone
 # edits go to all three sites. At the end the checker fails the run on any
 # acknowledged message not delivered, acknowledged zone edit missing, SOA
@@ -15,6 +16,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 . "$here/scripts/deps.sh"
 command -v kdig >/dev/null 2>&1 || apt_install knot-dnsutils
+command -v faketime >/dev/null 2>&1 || apt_install faketime
 cd "$here"
 cargo build --quiet --workspace --all-targets
 # Run copies of the binaries, so that a rebuild during a long run does not

@@ -59,6 +59,8 @@ pub struct Node {
     pub config: Option<PathBuf>,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Extra environment for `hamail serve` (not for the CLI).
+    pub env: Vec<(String, String)>,
 }
 
 /// Delivery for tests that are not about it: every route ends at a closed
@@ -104,6 +106,7 @@ impl Node {
             config: Some(config),
             child: None,
             log: dir.join("serve.log"),
+            env: Vec::new(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Node {
             config: Some(path),
             child: None,
             log: dir.join("serve.log"),
+            env: Vec::new(),
         }
     }
 
@@ -201,6 +205,7 @@ impl Node {
             config: None,
             child: None,
             log: dir.join("serve.log"),
+            env: Vec::new(),
         }
     }
 
@@ -223,6 +228,7 @@ impl Node {
         let child = self
             .command()
             .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -339,24 +345,25 @@ impl Drop for Node {
 
 /// Forms a cluster: node 1 `cluster init`, the others `cluster join`.
 pub fn form_cluster(dir: &Path, port: u16, n: u8, extra: &str) -> Vec<Node> {
-    form_cluster_with(dir, port, n, extra, |_, _| {})
+    form_cluster_with(dir, port, n, extra, |_, _, _| {})
 }
 
-/// `form_cluster`, with `edit(i, config_text)` applied to each node's
-/// config file before it starts (e.g. an `advertise` address).
+/// `form_cluster`, with `prepare(i, node, config_text)` applied to each
+/// node before it starts: it may change the config file's text (e.g. an
+/// `advertise` address) and the node's environment.
 pub fn form_cluster_with(
     dir: &Path,
     port: u16,
     n: u8,
     extra: &str,
-    edit: impl Fn(u8, &mut String),
+    prepare: impl Fn(u8, &mut Node, &mut String),
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=n)
         .map(|i| {
-            let node = Node::cluster_member(dir, i, port, extra);
+            let mut node = Node::cluster_member(dir, i, port, extra);
             let cfg = node.config.clone().expect("a config file");
             let mut text = std::fs::read_to_string(&cfg).unwrap();
-            edit(i, &mut text);
+            prepare(i, &mut node, &mut text);
             std::fs::write(&cfg, text).unwrap();
             node
         })

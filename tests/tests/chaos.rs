@@ -65,6 +65,10 @@ enum Fault {
     /// address `cluster join`s (a new node id; the lost node's queue is
     /// handed to the survivors).
     Rebuild(u8),
+    /// The site's wall clock steps by this many seconds (forward or back;
+    /// its monotonic clock runs on), and steps back when the fault ends,
+    /// as NTP would correct it. Through libfaketime.
+    ClockJump(u8, i64),
 }
 
 /// A small deterministic generator (xorshift64*), so a schedule can be
@@ -94,6 +98,8 @@ fn schedule() -> (Schedule, Option<(u64, Duration)>) {
         (Fault::Pause(3), Duration::from_secs(3)),
         (Fault::OneWay(2, 3), Duration::from_secs(3)),
         (Fault::Rebuild(1), Duration::from_secs(2)),
+        (Fault::ClockJump(2, -7200), Duration::from_secs(3)),
+        (Fault::ClockJump(3, 7200), Duration::from_secs(3)),
     ];
     let Some(secs) = std::env::var("HAMAIL_CHAOS_SECS")
         .ok()
@@ -117,18 +123,23 @@ fn schedule() -> (Schedule, Option<(u64, Duration)>) {
 fn random_fault(rng: &mut Rng) -> (Fault, Duration) {
     let site = rng.below(3) as u8 + 1;
     let other = (site + rng.below(2) as u8) % 3 + 1;
-    let fault = match rng.below(9) {
+    let fault = match rng.below(10) {
         0 | 1 => Fault::Isolate(site),
         2 | 3 => Fault::Kill(site),
         4 | 5 => Fault::Pause(site),
         6 | 7 => Fault::OneWay(site, other),
-        _ => Fault::Rebuild(site),
+        8 => Fault::Rebuild(site),
+        _ => {
+            // Up to two hours either way.
+            let secs = 60 + rng.below(7140) as i64;
+            Fault::ClockJump(site, if rng.below(2) == 0 { secs } else { -secs })
+        }
     };
     (fault, Duration::from_millis(1000 + rng.below(5000)))
 }
 
 /// Injects a fault for `d`, then heals it.
-fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
+fn inject(fault: Fault, d: Duration, rules: &Path, sink: &Path, nodes: &mut [Node]) {
     match fault {
         Fault::Isolate(i) => {
             set_rules(
@@ -160,7 +171,83 @@ fn inject(fault: Fault, d: Duration, rules: &Path, nodes: &mut [Node]) {
             set_rules(rules, "");
         }
         Fault::Rebuild(i) => rebuild(i, d, nodes),
+        Fault::ClockJump(i, secs) => {
+            let t = Instant::now();
+            set_clock(&nodes[i as usize - 1], secs);
+            probe_clock(i, secs, sink);
+            std::thread::sleep(d.saturating_sub(t.elapsed()));
+            set_clock(&nodes[i as usize - 1], 0);
+        }
     }
+}
+
+/// libfaketime, which the suite runs every node under (scripts/test
+/// installs the `faketime` package).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .chain([Path::new("/usr/lib/faketime/libfaketime.so.1").to_path_buf()])
+        .find(|p| p.exists());
+    match found {
+        Some(p) => p.display().to_string(),
+        None => panic!("libfaketime is missing: apt-get install -y faketime (scripts/test does)"),
+    }
+}
+
+/// Waits until a message taken by site `i` carries its clock stepped by
+/// `secs` in its `Received:` header: proof that the step reached the
+/// process (libfaketime reads the offset again within a second).
+fn probe_clock(i: u8, secs: i64, sink: &Path) {
+    let mut n = 0;
+    wait_for("the stepped clock in a Received header", || {
+        n += 1;
+        let token = format!("clock-{i}-{secs}-{n}");
+        try_send(i, &token)?;
+        let text = wait_for("the clock probe at the sink", || {
+            std::fs::read_dir(sink)
+                .ok()?
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .find(|t| t.contains(&format!("Subject: {token}\r\n")))
+        });
+        // "Received: from ... ; Wed, 2 Dec 2026 07:10:00 +0000 (UTC)"
+        let date = text
+            .split("Received: ")
+            .nth(1)?
+            .split("\r\n\r\n")
+            .next()?
+            .split("; ")
+            .nth(1)?
+            .lines()
+            .next()?
+            .trim_end_matches(" (UTC)")
+            .to_string();
+        let out = Command::new("date")
+            .args(["-d", &date, "+%s"])
+            .output()
+            .ok()?;
+        let stamped: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        ((stamped - now - secs).abs() < 120).then_some(())
+    });
+}
+
+/// The file each node's libfaketime reads its wall-clock offset from.
+fn clock_file(n: &Node) -> std::path::PathBuf {
+    n.dir.join("faketime")
+}
+
+/// Steps a node's wall clock to `secs` from the real time.
+fn set_clock(n: &Node, secs: i64) {
+    let tmp = clock_file(n).with_extension("tmp");
+    std::fs::write(&tmp, format!("{secs:+}\n")).unwrap();
+    std::fs::rename(tmp, clock_file(n)).unwrap();
 }
 
 /// The rebuilt-site fault: see `Fault::Rebuild`.
@@ -260,7 +347,21 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
         "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
          maximal_backoff_time_secs = 2\nlease_secs = {lease}\nlease_check_interval_secs = 1\n"
     );
-    let mut nodes = form_cluster_with(d, RPC, 3, &extra, |i, text| {
+    // Every node runs under libfaketime: only its wall clock can be
+    // stepped (the monotonic clock, which raft's timers and the lease use,
+    // stays real). The offset file is read again at most once a second.
+    let faketime = libfaketime();
+    let mut nodes = form_cluster_with(d, RPC, 3, &extra, |i, node, text| {
+        set_clock(node, 0);
+        node.env = vec![
+            ("LD_PRELOAD".into(), faketime.clone()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".into(),
+                clock_file(node).display().to_string(),
+            ),
+            ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+            ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
         if geo {
             *text = text
                 .replace("heartbeat_interval_ms = 100", "heartbeat_interval_ms = 250")
@@ -413,7 +514,7 @@ fn acknowledged_mail_and_zone_edits_survive_site_faults() {
     progressed_from((0, 0));
     let (fixed, random) = schedule();
     let mut run = |fault: Fault, d: Duration, nodes: &mut Vec<Node>| {
-        inject(fault, d, &rules, nodes);
+        inject(fault, d, &rules, &sink_dir, nodes);
         let what = format!("{fault:?} for {} ms", d.as_millis());
         let t = recovered(nodes);
         eprintln!(
