@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hamail_store::{Store, decode, encode};
 use hamail_types::{Command, NodeId, NodeInfo, Outcome};
@@ -77,13 +77,6 @@ pub struct Cluster {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Serialises init / join / leave on this node.
     lifecycle: tokio::sync::Mutex<()>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Cluster {
@@ -279,7 +272,7 @@ impl Cluster {
         let outcome = node
             .propose(vec![Command::TokenAdd {
                 token_hash: token.hash(),
-                expires_ms: now_ms() + ttl.as_millis() as u64,
+                ttl_ms: ttl.as_millis() as u64,
             }])
             .await?;
         match outcome.into_iter().next() {

@@ -192,10 +192,7 @@ impl<'a> Applier<'a> {
                 self.delete(Table::Transports, domain_key(domain));
                 Ok(Outcome::applied(format!("transport for {domain} deleted")))
             }
-            Command::TokenAdd {
-                token_hash,
-                expires_ms,
-            } => {
+            Command::TokenAdd { token_hash, ttl_ms } => {
                 if self.get(Table::Tokens, token_hash.as_bytes())?.is_some() {
                     return Ok(Outcome::rejected("this join token exists already"));
                 }
@@ -203,7 +200,7 @@ impl<'a> Applier<'a> {
                     Table::Tokens,
                     token_hash.as_bytes().to_vec(),
                     &TokenRecord {
-                        expires_ms: *expires_ms,
+                        expires_ms: time_ms.saturating_add(*ttl_ms),
                         created_ms: time_ms,
                         used_by: None,
                     },

@@ -94,10 +94,12 @@ pub enum Command {
     TransportDel {
         domain: DomainName,
     },
-    /// A join token, stored hashed (SHA-256 of the secret, hex).
+    /// A join token, stored hashed (SHA-256 of the secret, hex). It expires
+    /// `ttl_ms` after the entry's time stamp: one clock (the log's) both
+    /// starts and checks it, whatever the minting node's clock says.
     TokenAdd {
         token_hash: String,
-        expires_ms: u64,
+        ttl_ms: u64,
     },
     /// Consumes a join token and admits a new node under a fresh id (answered
     /// with [`Outcome::Admitted`]). Ids are never reused.
