@@ -424,9 +424,14 @@ fn queue_entries_round_trip_and_queue_commands_apply() {
     assert!(store.queue_body(&id).unwrap().is_none());
 }
 
-#[test]
-fn delivery_results_are_fenced_by_the_lease_epoch() {
-    use hamail_types::{NewMessage, QueueId, RecipientStatus};
+/// A store, an apply context and two recipients for the queue tests.
+fn queue_fixture() -> (
+    tempfile::TempDir,
+    Store,
+    ApplyContext,
+    MailAddress,
+    MailAddress,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let ctx = ApplyContext {
@@ -436,6 +441,13 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
     };
     let a = MailAddress::parse("a@example.jp").unwrap();
     let b = MailAddress::parse("b@example.jp").unwrap();
+    (dir, store, ctx, a, b)
+}
+
+#[test]
+fn delivery_results_are_fenced_by_the_lease_epoch() {
+    use hamail_types::{NewMessage, QueueId, RecipientStatus};
+    let (_dir, store, ctx, a, b) = queue_fixture();
     let mut ap = Applier::new(&store);
     let ids: Vec<QueueId> = (0..3).map(|i| QueueId::new(100 + i, 1)).collect();
     for id in &ids {
@@ -500,15 +512,7 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
 #[test]
 fn a_bounce_notice_is_queued_once_and_only_for_a_counted_result() {
     use hamail_types::{NewMessage, QueueId, RecipientStatus};
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ctx = ApplyContext {
-        time_ms: 1,
-        proposer: 1,
-        log_index: 1,
-    };
-    let a = MailAddress::parse("a@example.jp").unwrap();
-    let b = MailAddress::parse("b@example.jp").unwrap();
+    let (_dir, store, ctx, a, b) = queue_fixture();
     let sender = MailAddress::parse("s@client.example").unwrap();
     let message = |id: QueueId, sender: Option<MailAddress>, rcpts: Vec<MailAddress>| NewMessage {
         queue_id: id,
