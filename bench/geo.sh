@@ -10,7 +10,8 @@
 # than one round trip: the minimum shows it. Goals (issue 8): p99 <= 2 x RTT
 # + 20 ms with 50 sessions; >= 1,000 msg/s with 200.
 #
-# Usage: bench/geo.sh   (RTT_MS=80 LAT_MSGS=1000 TPUT_MSGS=4000 INFLIGHT=8)
+# Usage: bench/geo.sh   (RTT_MS=80 LAT_MSGS=1000 TPUT_MSGS=4000 INFLIGHT=8
+#                        ELIDE=true: [cluster] elide_heartbeats)
 # hamail on 127.0.0.21-23 (SMTP :2525, RPC :17500, proxy :17600, DNS :1053).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,7 +22,8 @@ lat_msgs="${LAT_MSGS:-1000}"
 tput_msgs="${TPUT_MSGS:-4000}"
 # Geo-safe raft timing: the defaults (heartbeat 250 ms, elections 1.5-3 s);
 # INFLIGHT raft entries in flight per proposer (default 8 across sites).
-hamail_cluster_timing="proposals_in_flight = ${INFLIGHT:-8}"
+hamail_cluster_timing="proposals_in_flight = ${INFLIGHT:-8}
+elide_heartbeats = ${ELIDE:-true}"
 hamail_dns_port=1053
 hamail_advertise_port=17600
 # shellcheck source=bench/lib-mta.sh
@@ -40,7 +42,7 @@ for i in 1 2 3; do maps+=(--map "127.0.0.2$i:$hamail_advertise_port=127.0.0.2$i:
 helper_pids+=($!)
 for _ in $(seq 1 50); do grep -q READY "$work/proxy.out" 2>/dev/null && break; sleep 0.1; done
 
-echo "$bench: RTT ${rtt} ms between every pair of sites (hamail-chaos), ${INFLIGHT:-8} entries in flight, $(nproc) cores"
+echo "$bench: RTT ${rtt} ms between every pair of sites (hamail-chaos), ${INFLIGHT:-8} entries in flight, elide_heartbeats = ${ELIDE:-true}, $(nproc) cores"
 base="$work/geo"
 hamail_cluster_up "$base"
 targets=("127.0.0.21:$smtp_port" "127.0.0.22:$smtp_port" "127.0.0.23:$smtp_port")
@@ -77,6 +79,9 @@ l1="$(latency 3 300 "${targets[@]}")"; echo "  1 session per site:  $l1"
 l50="$(latency 50 "$lat_msgs" "${targets[@]}")"; echo "  50 sessions:  $l50"
 l200="$(latency 200 "$tput_msgs" "${targets[@]}")"; echo "  200 sessions: $l200"
 z3="$(zone_times 1 2 3)"; echo "  zone edit -> new serial on all 3 nodes: $z3"
+for i in 1 2 3; do
+    hcli "$base/n$i/hamail.toml" status --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["raft"]; print("  node", r["node_id"], r["state"], "heartbeats elided:", r.get("heartbeats_elided", 0))'
+done
 
 echo "== site 3 down (kill -9)"
 kill -KILL "${hamail_pids[2]}"

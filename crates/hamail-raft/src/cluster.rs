@@ -175,6 +175,10 @@ impl Cluster {
             me: id,
             tls: pki.client_config()?,
             contacts: Arc::new(Contacts::default()),
+            elision: Arc::new(crate::network::Elision::new(
+                Duration::from_millis(self.settings.node.heartbeat_interval_ms),
+                self.settings.node.elide_heartbeats,
+            )),
         };
         let node = RaftNode::start(
             id,

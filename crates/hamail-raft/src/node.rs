@@ -52,6 +52,8 @@ pub struct NodeOptions {
     pub write_timeout_ms: u64,
     /// Raft entries the proposer keeps in flight at once (0: the default).
     pub proposals_in_flight: usize,
+    /// See `network::Elision`.
+    pub elide_heartbeats: bool,
 }
 
 impl Default for NodeOptions {
@@ -65,6 +67,7 @@ impl Default for NodeOptions {
             max_logs_kept_after_snapshot: 1000,
             write_timeout_ms: 10_000,
             proposals_in_flight: DEFAULT_INFLIGHT,
+            elide_heartbeats: true,
         }
     }
 }
@@ -228,6 +231,9 @@ pub struct RaftStatus {
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Empty AppendEntries left out as redundant (see `network::Elision`).
+    #[serde(default)]
+    pub heartbeats_elided: u64,
 }
 
 fn now_ms() -> u64 {
@@ -271,6 +277,7 @@ impl RaftNode {
         let raft = Raft::new(node_id, config, network.clone(), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let _ = network.elision.metrics.set(raft.metrics());
         let (tx, rx) = mpsc::channel(16384);
         let stats = Arc::new(ProposerStats::default());
         let write_timeout = Duration::from_millis(opts.write_timeout_ms);
@@ -499,6 +506,11 @@ impl RaftNode {
             purged_index: m.purged.map(|l| l.index),
             voters,
             learners,
+            heartbeats_elided: self
+                .network
+                .elision
+                .elided
+                .load(std::sync::atomic::Ordering::Relaxed),
             nodes,
         }
     }

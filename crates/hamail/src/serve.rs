@@ -143,6 +143,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
             write_timeout_ms: cfg.cluster.write_timeout_ms,
             proposals_in_flight: cfg.cluster.proposals_in_flight,
+            elide_heartbeats: cfg.cluster.elide_heartbeats,
         },
     };
     let cancel = CancellationToken::new();
