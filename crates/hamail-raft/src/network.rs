@@ -83,24 +83,18 @@ impl Elision {
         }
     }
 
-    fn redundant(&self, target: u64, contacts: &Contacts) -> bool {
+    /// `acked`: the last entry the target acknowledged to this stream. Its
+    /// own count, not raft's metrics: those are published a moment late, and
+    /// a heartbeat right after the last entry of a burst — the only word of
+    /// its commit a follower gets — would look redundant.
+    fn redundant(&self, target: u64, acked: u64, contacts: &Contacts) -> bool {
         if !self.enabled {
             return false;
         }
         let Some(rx) = self.metrics.get() else {
             return false;
         };
-        let pending = {
-            let m = rx.borrow();
-            let last = m.last_log_index.unwrap_or(0);
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map(|l| l.index)
-                .unwrap_or(0);
-            last > matched
-        };
+        let pending = rx.borrow().last_log_index.unwrap_or(0) > acked;
         pending && contacts.since(target).is_some_and(|d| d < self.window)
     }
 }
@@ -114,6 +108,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             rpc: RpcClient::new(node.rpc_addr.clone(), server_name(target), self.tls.clone()),
             contacts: self.contacts.clone(),
             elision: self.elision.clone(),
+            acked: 0,
         }
     }
 }
@@ -124,6 +119,8 @@ pub struct PeerClient {
     rpc: RpcClient,
     contacts: Arc<Contacts>,
     elision: Arc<Elision>,
+    /// The last log index the target acknowledged on this stream.
+    acked: u64,
 }
 
 fn to_rpc_error<E: std::error::Error>(
@@ -166,17 +163,32 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
-        if rpc.entries.is_empty() && self.elision.redundant(self.target, &self.contacts) {
+        if rpc.entries.is_empty()
+            && self
+                .elision
+                .redundant(self.target, self.acked, &self.contacts)
+        {
             self.elision
                 .elided
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(AppendEntriesResponse::Success);
         }
+        let last = rpc.entries.last().map(|e| e.log_id.index);
         match self
             .call(RpcRequest::AppendEntries(rpc), option.hard_ttl())
             .await
         {
-            Ok(RpcResponse::AppendEntries(Ok(r))) => Ok(r),
+            Ok(RpcResponse::AppendEntries(Ok(r))) => {
+                let acked = match &r {
+                    AppendEntriesResponse::Success => last,
+                    AppendEntriesResponse::PartialSuccess(m) => m.map(|l| l.index),
+                    _ => None,
+                };
+                if let Some(i) = acked {
+                    self.acked = self.acked.max(i);
+                }
+                Ok(r)
+            }
             Ok(RpcResponse::AppendEntries(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
