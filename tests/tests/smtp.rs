@@ -609,3 +609,62 @@ fn a_node_without_quorum_answers_421_and_queues_nothing() {
     assert!(new.contains(&&healed));
     assert!(new.len() <= 2, "{new:?}");
 }
+
+/// A site back from downtime (here: killed, then restarted with its data)
+/// must not refuse with 550 a recipient added while it was away: it takes
+/// mail only once it has applied what was committed when it got its leader
+/// back. Before that it says 421 (try another MX), which senders retry.
+#[test]
+fn a_site_back_from_downtime_knows_recipients_added_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = 17550;
+    let mut nodes = form_cluster(dir.path(), rpc, 3, "");
+    nodes[0].ok(&["domain", "add", "example.jp", "--kind", "relay"]);
+    nodes[0].ok(&["recipient", "add", "old@example.jp"]);
+    wait_for("the domain on node 3", || {
+        nodes[2]
+            .ok(&["recipient", "list"])
+            .contains("old@example.jp")
+            .then_some(())
+    });
+    for round in 0..3 {
+        nodes[2].kill9();
+        // Many writes while it is down (more than one AppendEntries carries),
+        // the new recipient last.
+        for k in 0..200 {
+            nodes[0].ok(&["recipient", "add", &format!("filler{round}-{k}@example.jp")]);
+        }
+        let new = format!("new{round}@example.jp");
+        nodes[0].ok(&["recipient", "add", &new]);
+        nodes[2].spawn();
+        // From the first 220 on, the new recipient is known.
+        let verdict = wait_for("node 3 to take mail again", || {
+            let (mut c, greeting) = SmtpClient::connect(&Node::smtp_addr(3, rpc)).ok()?;
+            if !greeting.is(220) {
+                return None;
+            }
+            c.cmd("EHLO back.example").ok()?;
+            c.cmd("MAIL FROM:<sender@client.example>").ok()?;
+            let r = c.cmd(&format!("RCPT TO:<{new}>")).ok()?;
+            // A 421/451 (quorum lost again) is retried; anything else is
+            // the verdict.
+            (!(r.is(421) || r.is(451))).then_some(r)
+        });
+        assert!(
+            verdict.is(250),
+            "round {round}: node 3 answered {verdict:?} for a recipient added while it was down; node 3: {:?}; node 1: {:?}; log: {}",
+            nodes[2].status().map(|s| s["raft"].clone()),
+            nodes[0]
+                .status()
+                .map(|s| s["raft"]["last_log_index"].clone()),
+            nodes[2]
+                .log_text()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        nodes[2].wait_ready();
+    }
+}

@@ -659,9 +659,10 @@ impl RpcHandler for Service {
     async fn handle(&self, _caller: Option<NodeId>, req: RpcRequest) -> RpcResponse {
         match req {
             RpcRequest::AppendEntries(r) => {
+                let commit = r.leader_commit.map(|l| l.index);
                 let resp = self.node.raft.append_entries(r).await;
                 if matches!(&resp, Ok(a) if a.is_success() || a.is_conflict()) {
-                    self.node.note_leader_contact();
+                    self.node.note_leader_contact(commit);
                 }
                 RpcResponse::AppendEntries(resp)
             }

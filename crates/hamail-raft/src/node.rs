@@ -214,6 +214,8 @@ pub struct RaftNode {
     /// Set once this node's applied state is a full member's (see
     /// `is_caught_up`); never cleared while the process runs.
     caught_up: std::sync::atomic::AtomicBool,
+    /// See `tables_current`.
+    catch_up_to: AtomicU64,
 }
 
 /// What `hamail status` shows of raft.
@@ -313,6 +315,7 @@ impl RaftNode {
             leader_contact_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
             caught_up: std::sync::atomic::AtomicBool::new(false),
+            catch_up_to: AtomicU64::new(0),
         });
         node.elect_if_sole_voter().await;
         Ok(node)
@@ -322,11 +325,32 @@ impl RaftNode {
         self.node_id
     }
 
-    /// A leader's AppendEntries (heartbeat or data) reached this node.
-    pub(crate) fn note_leader_contact(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.leader_contact_ms
-            .fetch_max(now.max(1), Ordering::Relaxed);
+    /// A leader's AppendEntries (heartbeat or data) reached this node,
+    /// telling it the leader's commit index. The first contact after a start
+    /// or after a gap longer than an election timeout sets what this node
+    /// must apply before its tables count as current (`tables_current`).
+    pub(crate) fn note_leader_contact(&self, leader_commit: Option<u64>) {
+        let now = (self.started.elapsed().as_millis() as u64).max(1);
+        let prev = self.leader_contact_ms.fetch_max(now, Ordering::Relaxed);
+        if prev == 0 || now.saturating_sub(prev) > self.opts.election_timeout_max_ms {
+            self.catch_up_to
+                .fetch_max(leader_commit.unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this node's replicated tables (recipients, domains) are
+    /// current enough to judge by: a leader's are; a follower's once it has
+    /// applied what was committed when it (re)gained its leader. A node
+    /// back from a restart or a partition would otherwise refuse with 550
+    /// a recipient added while it was away, until its log caught up.
+    pub fn tables_current(&self) -> bool {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        if m.state == ServerState::Leader {
+            return true;
+        }
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        applied >= self.catch_up_to.load(Ordering::Relaxed)
     }
 
     /// Whether this node can currently get a write committed: a leader

@@ -70,7 +70,7 @@ impl Backend for ClusterBackend {
 
     fn has_quorum(&self) -> bool {
         self.node()
-            .is_some_and(|n| n.has_quorum() && n.is_caught_up())
+            .is_some_and(|n| n.has_quorum() && n.is_caught_up() && n.tables_current())
     }
 
     async fn enqueue(&self, message: NewMessage) -> Result<(), EnqueueError> {
