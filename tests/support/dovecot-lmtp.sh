@@ -103,15 +103,10 @@ write_users() {
 
 # write_conf DIR HOST PORT
 write_conf() {
-    local dir=$1 host=$2 port=$3 series
+    local dir=$1 host=$2 port=$3 series common
     series="$(dovecot_series)"
-    if [ "$series" = 2.4 ]; then
-        cat > "$dir/dovecot.conf" <<EOT
-# Written by $me (Dovecot 2.4 syntax). Private test instance: nothing
-# under /etc/dovecot is read.
-dovecot_config_version = 2.4.0
-dovecot_storage_version = 2.4.0
-instance_name = hamail-test-lmtp
+    # The settings both syntaxes share.
+    common="instance_name = hamail-test-lmtp
 base_dir = $dir/run
 state_dir = $dir/state
 log_path = $dir/dovecot.log
@@ -126,7 +121,14 @@ hostname = lmtp.test.invalid
 # Mail is delivered as $mail_user (uid/gid in the users file); Dovecot
 # never delivers as root.
 first_valid_uid = 1
-first_valid_gid = 1
+first_valid_gid = 1"
+    if [ "$series" = 2.4 ]; then
+        cat > "$dir/dovecot.conf" <<EOT
+# Written by $me (Dovecot 2.4 syntax). Private test instance: nothing
+# under /etc/dovecot is read.
+dovecot_config_version = 2.4.0
+dovecot_storage_version = 2.4.0
+$common
 mail_driver = maildir
 mail_path = $dir/mail/%{user | domain}/%{user | username}
 passdb passwd-file {
@@ -145,22 +147,7 @@ EOT
         cat > "$dir/dovecot.conf" <<EOT
 # Written by $me (Dovecot 2.3 syntax). Private test instance: nothing
 # under /etc/dovecot is read.
-instance_name = hamail-test-lmtp
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/dovecot.log
-info_log_path = $dir/dovecot.log
-debug_log_path = $dir/dovecot.log
-protocols = lmtp
-# The only TCP listener is LMTP's, on this address.
-listen = $host
-ssl = no
-# Fixed name: no lookups of the machine's own name.
-hostname = lmtp.test.invalid
-# Mail is delivered as $mail_user (uid/gid in the users file); Dovecot
-# never delivers as root.
-first_valid_uid = 1
-first_valid_gid = 1
+$common
 mail_location = maildir:$dir/mail/%d/%n
 # Only the users listed in the file exist: any other recipient gets 550.
 passdb {
@@ -225,14 +212,7 @@ start() {
     # The master forks into the background once its listeners are bound
     # (a busy address fails here, with the reason on stderr).
     dovecot -c "$dir/dovecot.conf" || { tail -5 "$dir/dovecot.log" >&2 2>/dev/null || true; die "dovecot did not start"; }
-    if ! wait_greeting "$host" "$port"; then
-        echo "$me: no 220 greeting on $host:$port within 20 s; log ends:" >&2
-        tail -10 "$dir/dovecot.log" >&2 2>/dev/null || true
-        stop "$dir" >/dev/null 2>&1 || true
-        exit 1
-    fi
-    echo "READY $host:$port"
-    echo "PIDFILE $dir/run/master.pid"
+    announce_ready "$host" "$port" "$dir/dovecot.log" "$dir" "$dir/run/master.pid"
 }
 
 stop() {

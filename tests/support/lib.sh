@@ -35,3 +35,18 @@ wait_greeting() {
     done
     return 1
 }
+
+# After a daemon's master started: waits for its 220 on HOST PORT, then
+# announces "READY HOST:PORT" and "PIDFILE FILE" to the test; if no greeting
+# comes, shows the end of LOG, stops the daemon in DIR (the calling
+# script's `stop`) and exits 1.
+announce_ready() { # HOST PORT LOG DIR PIDFILE
+    if ! wait_greeting "$1" "$2"; then
+        echo "$me: no 220 greeting on $1:$2 within 20 s; log ends:" >&2
+        tail -10 "$3" >&2 2>/dev/null || true
+        stop "$4" >/dev/null 2>&1 || true
+        exit 1
+    fi
+    echo "READY $1:$2"
+    echo "PIDFILE $5"
+}

@@ -221,14 +221,7 @@ start() {
     pfx "$dir/etc" set-permissions >/dev/null || die "postfix set-permissions failed (see above)"
     pfx "$dir/etc" check || die "postfix check failed (see above)"
     pfx "$dir/etc" start >/dev/null || { tail -5 "$dir/maillog" >&2 2>/dev/null || true; die "postfix did not start"; }
-    if ! wait_greeting "$host" "$port"; then
-        echo "$me: no 220 greeting on $host:$port within 20 s; log ends:" >&2
-        tail -10 "$dir/maillog" >&2 2>/dev/null || true
-        stop "$dir" >/dev/null 2>&1 || true
-        exit 1
-    fi
-    echo "READY $host:$port"
-    echo "PIDFILE $dir/queue/pid/master.pid"
+    announce_ready "$host" "$port" "$dir/maillog" "$dir" "$dir/queue/pid/master.pid"
 }
 
 stop() {
