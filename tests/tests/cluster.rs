@@ -344,3 +344,237 @@ fn a_node_without_quorum_refuses_writes_and_still_reads() {
             .then_some(())
     });
 }
+
+/// Resident memory of a process, in KiB (`VmRSS` of /proc/<pid>/status).
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn last_log_index(node: &Node) -> u64 {
+    node.json(&["cluster", "status", "--json"])["last_log_index"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A TLS connection without a client certificate (as a joiner has), from
+/// `source`, that announces a 500 MiB frame and then trickles 1 MiB of it.
+/// Returns the stream so the caller holds it open (None: refused early).
+async fn announce_huge_frame(
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    fp: String,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind(std::net::SocketAddr::new(source, 0)).ok()?;
+    let tcp = sock.connect(addr).await.ok()?;
+    let cfg = hamail_raft::pki::join_client_config(&fp).ok()?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(hamail_raft::pki::server_name(0), tcp)
+        .await
+        .ok()?;
+    tls.write_all(&(500u32 << 20).to_be_bytes()).await.ok()?;
+    let chunk = vec![0x5au8; 16 << 10];
+    for _ in 0..64 {
+        tls.write_all(&chunk).await.ok()?;
+        tls.flush().await.ok()?;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Some(tls)
+}
+
+#[test]
+fn announced_huge_frames_without_a_certificate_cost_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 17800;
+    let nodes = form_cluster(dir.path(), port, 3, "");
+    let token = nodes[0].ok(&["cluster", "token"]).trim().to_string();
+    let fp = token.rsplit('.').next().unwrap().to_string();
+    let addr: std::net::SocketAddr = Node::rpc_addr(1, port).parse().unwrap();
+    let pid = nodes[0].pid();
+    let before = rss_kib(pid);
+
+    // 200 connections from 25 addresses, all held open while we measure.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (held, after) = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let src = std::net::IpAddr::from([127, 0, 2, (1 + i % 25) as u8]);
+            tasks.spawn(announce_huge_frame(addr, src, fp.clone()));
+        }
+        let mut held = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Some(s) = r.unwrap() {
+                held.push(s);
+            }
+        }
+        // Give the node a moment to take in what was sent (a stuck writer
+        // above means the node stopped reading, which is the point).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let after = rss_kib(pid);
+        (held, after)
+    });
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "RSS of node 1: {before} KiB before, {after} KiB with 200 hostile connections \
+         (+{grown_mib} MiB); {} of them got their whole 1 MiB through",
+        held.len()
+    );
+    assert!(
+        grown_mib < 64,
+        "200 unauthenticated connections grew the node by {grown_mib} MiB"
+    );
+    // The cluster keeps serving, writes and cluster RPC included.
+    nodes[2].ok(&["domain", "add", "flooded.jp"]);
+    for n in &nodes {
+        wait_for("the write everywhere", || {
+            domains(n).contains(&"flooded.jp".to_string()).then_some(())
+        });
+    }
+    drop(held);
+}
+
+#[test]
+fn forged_joins_never_reach_the_raft_log() {
+    use hamail_raft::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let port = 17810;
+    let nodes = form_cluster(dir.path(), port, 1, "");
+    let token = nodes[0].ok(&["cluster", "token"]).trim().to_string();
+    let fp = token.rsplit('.').next().unwrap().to_string();
+    let addr = Node::rpc_addr(1, port);
+    let (csr_pem, _) = hamail_raft::pki::make_csr().unwrap();
+    let before = last_log_index(&nodes[0]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let timeout = std::time::Duration::from_secs(30);
+    let join = |i: u32| RpcRequest::Join {
+        token_secret: format!("{:048x}", 0xdead_0000u64 + u64::from(i)),
+        csr_pem: csr_pem.clone(),
+        info: hamail_raft::NodeInfo {
+            name: format!("forger{i}"),
+            site: "x".into(),
+            rpc_addr: "127.0.0.1:9".into(),
+            ..Default::default()
+        },
+    };
+    // 1,000 forged joins, each from its own address (so that the rate limit
+    // per address does not hide what a forged token costs), ten at a time.
+    let outcomes: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        for batch in 0..100u32 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for j in 0..10u32 {
+                let i = batch * 10 + j;
+                let src = std::net::IpAddr::from([127, 3, (i / 250) as u8, (1 + i % 250) as u8]);
+                let cfg = hamail_raft::pki::join_client_config(&fp).unwrap();
+                let mut c = RpcClient::new(addr.clone(), hamail_raft::pki::server_name(0), cfg)
+                    .with_source(src);
+                let req = join(i);
+                tasks.spawn(async move {
+                    match c.call(&req, timeout).await {
+                        Ok(RpcResponse::Joined(Err(e))) => e,
+                        Err(RpcError::Refused { reason, .. }) => reason,
+                        other => format!("unexpected: {other:?}"),
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                out.push(r.unwrap());
+            }
+        }
+        out
+    });
+    let not_valid = outcomes
+        .iter()
+        .filter(|o| o.contains("not valid for this cluster"))
+        .count();
+    assert_eq!(not_valid, 1000, "{:?}", &outcomes[..5]);
+    let after = last_log_index(&nodes[0]);
+    eprintln!("raft log: {before} before, {after} after 1,000 forged joins");
+    assert!(
+        after - before < 10,
+        "forged joins grew the log by {}",
+        after - before
+    );
+
+    // From one address, a burst beyond a few is refused outright.
+    let limited = rt.block_on(async {
+        let mut n = 0;
+        for i in 0..30u32 {
+            let cfg = hamail_raft::pki::join_client_config(&fp).unwrap();
+            let mut c = RpcClient::new(addr.clone(), hamail_raft::pki::server_name(0), cfg)
+                .with_source(std::net::IpAddr::from([127, 4, 0, 1]));
+            if let Err(RpcError::Refused { reason, .. }) = c.call(&join(i), timeout).await
+                && reason.contains("too many requests")
+            {
+                n += 1;
+            }
+        }
+        n
+    });
+    assert!(
+        limited > 0,
+        "30 joins from one address at once were all served"
+    );
+    // The real token still works.
+    let mut n2 = Node::cluster_member(dir.path(), 2, port, "");
+    n2.start_waiting();
+    n2.ok(&["cluster", "join", &addr, "--token", &token]);
+    let _keep = (nodes, n2);
+}
+
+#[test]
+fn a_certificate_minted_for_another_node_is_refused() {
+    use hamail_raft::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let port = 17820;
+    let mut nodes = form_cluster(dir.path(), port, 3, "");
+    let addr = Node::rpc_addr(1, port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+
+    // Node 3 is removed; its data directory (CA key included) is stolen.
+    let n3_data = nodes[2].dir.join("data");
+    nodes[2].kill9();
+    nodes[0].ok(&["cluster", "remove", "n3"]);
+    let stolen = hamail_raft::pki::Pki::load(&n3_data, 3).unwrap();
+    // With the real CA key it mints a certificate for node 2, on its own key.
+    let (csr, key) = hamail_raft::pki::make_csr().unwrap();
+    let minted = stolen.issue(2, &csr).unwrap();
+    let forged_dir = tempfile::tempdir().unwrap();
+    let forged = hamail_raft::pki::Pki::from_join(
+        forged_dir.path(),
+        2,
+        stolen.ca_pem().to_string(),
+        stolen.ca_key_pem().to_string(),
+        minted,
+        key,
+    )
+    .unwrap();
+    let mut c = RpcClient::new(
+        addr.clone(),
+        hamail_raft::pki::server_name(1),
+        forged.client_config().unwrap(),
+    );
+    let r = rt.block_on(c.call(&RpcRequest::Status, timeout));
+    match &r {
+        Err(RpcError::Refused { reason, .. }) => {
+            assert!(reason.contains("pinned"), "{reason}")
+        }
+        other => panic!("a certificate minted for node 2 was accepted: {other:?}"),
+    }
+    // The real node 2 is still served, with its own certificate.
+    let real = hamail_raft::pki::Pki::load(&nodes[1].dir.join("data"), 2).unwrap();
+    let mut c = RpcClient::new(
+        addr.clone(),
+        hamail_raft::pki::server_name(1),
+        real.client_config().unwrap(),
+    );
+    let r = rt.block_on(c.call(&RpcRequest::Status, timeout));
+    assert!(matches!(r, Ok(RpcResponse::Status(Ok(_)))), "{r:?}");
+    nodes[0].ok(&["domain", "add", "still-serving.jp"]);
+}

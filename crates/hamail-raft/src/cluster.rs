@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hamail_store::{Store, decode, encode};
+use hamail_store::{NodeRecord, Store, Table, decode, encode};
 use hamail_types::{Command, NodeId, NodeInfo, Outcome};
 use openraft::ChangeMembers;
 use tokio::net::TcpListener;
@@ -26,6 +26,8 @@ use crate::{NodeOptions, ProposeError, RaftNode};
 
 const KEY_NODE_ID: &str = "node_id";
 const KEY_SEEDS: &str = "seed_members";
+/// The pinned keys of the seed members (see `JoinGrant::pins`).
+const KEY_SEED_PINS: &str = "seed_pins";
 const KEY_LEFT: &str = "left_cluster";
 /// How long a learner may take to catch up before promotion is abandoned.
 const PROMOTE_PATIENCE: Duration = Duration::from_secs(600);
@@ -73,6 +75,8 @@ pub struct Cluster {
     listener: std::sync::Mutex<Option<TcpListener>>,
     /// Members learned when joining, accepted until the log says more.
     seeds: Arc<RwLock<BTreeMap<NodeId, NodeInfo>>>,
+    /// Their pinned keys, used until this node's applied state has them.
+    seed_pins: Arc<RwLock<BTreeMap<NodeId, String>>>,
     cancel: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Serialises init / join / leave on this node.
@@ -100,6 +104,10 @@ impl Cluster {
             Some(v) => decode("seed members", &v)?,
             None => BTreeMap::new(),
         };
+        let seed_pins = match store.raft_meta_get(KEY_SEED_PINS)? {
+            Some(v) => decode("seed pins", &v)?,
+            None => BTreeMap::new(),
+        };
         let cluster = Arc::new(Cluster {
             data_dir,
             settings,
@@ -107,6 +115,7 @@ impl Cluster {
             running: tokio::sync::RwLock::new(None),
             listener: std::sync::Mutex::new(Some(listener)),
             seeds: Arc::new(RwLock::new(seeds)),
+            seed_pins: Arc::new(RwLock::new(seed_pins)),
             cancel,
             tasks: std::sync::Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -198,6 +207,10 @@ impl Cluster {
             node: node.clone(),
             pki: pki.clone(),
             seeds: self.seeds.clone(),
+            pins: Pins {
+                store: self.store.clone(),
+                seeds: self.seed_pins.clone(),
+            },
             cluster_name: self.settings.cluster_name.clone(),
         });
         let task = tokio::spawn(crate::rpc::serve(
@@ -250,6 +263,7 @@ impl Cluster {
         let id: NodeId = 1;
         let pki = Pki::create(&self.data_dir, &self.settings.cluster_name, id)?;
         self.store.raft_meta_put(KEY_NODE_ID, &encode(&id), true)?;
+        let key_sha256 = pki.node_key_sha256()?;
         let node = self.start(id, pki).await?;
         let members = BTreeMap::from([(id, self.settings.info.clone())]);
         node.raft
@@ -260,6 +274,7 @@ impl Cluster {
         node.propose(vec![Command::NodeRegister {
             node_id: id,
             info: self.settings.info.clone(),
+            key_sha256,
         }])
         .await?;
         tracing::info!(node_id = id, "initialized a one-node cluster");
@@ -348,8 +363,13 @@ impl Cluster {
         if let Ok(mut s) = self.seeds.write() {
             *s = grant.members.clone();
         }
+        if let Ok(mut s) = self.seed_pins.write() {
+            *s = grant.pins.clone();
+        }
         self.store
             .raft_meta_put(KEY_SEEDS, &encode(&grant.members), true)?;
+        self.store
+            .raft_meta_put(KEY_SEED_PINS, &encode(&grant.pins), true)?;
         self.store.raft_meta_put(KEY_NODE_ID, &encode(&id), true)?;
         let node = self.start(id, pki).await?;
         // Wait to become a voter: the leader promotes us once we caught up.
@@ -629,24 +649,60 @@ fn local_view(node: &Arc<RaftNode>) -> ClusterView {
     }
 }
 
+/// The pinned certificate keys of the members: the replicated `nodes`
+/// table, or, on a node that joined and has not applied it yet, what the
+/// member that admitted it sent.
+#[derive(Clone)]
+pub(crate) struct Pins {
+    store: Store,
+    seeds: Arc<RwLock<BTreeMap<NodeId, String>>>,
+}
+
+impl Pins {
+    /// The key pinned for `id`, if known.
+    fn pinned(&self, id: NodeId) -> Option<String> {
+        let stored = self
+            .store
+            .get(Table::Nodes, &id.to_be_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| decode::<NodeRecord>("node", &v).ok())
+            .filter(|r| !r.key_sha256.is_empty())
+            .map(|r| r.key_sha256);
+        stored.or_else(|| self.seeds.read().ok()?.get(&id).cloned())
+    }
+
+    /// Whether `key_sha256` is the key pinned for `id`.
+    pub(crate) fn check(&self, id: NodeId, key_sha256: &str) -> Result<(), String> {
+        match self.pinned(id) {
+            Some(pin) if pin == key_sha256 => Ok(()),
+            Some(_) => Err(format!(
+                "the certificate for node {id} does not carry the key pinned for node {id} \
+                 (a certificate minted for another node's id?)"
+            )),
+            None => Err(format!(
+                "no key is pinned for node {id} on this node yet; retry once it applied the log"
+            )),
+        }
+    }
+}
+
 /// The RPC service of a member.
 struct Service {
     node: Arc<RaftNode>,
     pki: Pki,
     seeds: Arc<RwLock<BTreeMap<NodeId, NodeInfo>>>,
+    pins: Pins,
     cluster_name: String,
 }
 
-impl RpcHandler for Service {
+impl Service {
     fn is_member(&self, id: NodeId) -> bool {
-        let m = self.node.raft.metrics().borrow().clone();
-        let in_log = m.membership_config.membership().get_node(&id).is_some();
-        let configured = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_some();
+        let m = self.node.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let in_log = membership.get_node(&id).is_some();
+        let configured = membership.voter_ids().next().is_some();
         in_log
             || (!configured
                 && self
@@ -654,6 +710,34 @@ impl RpcHandler for Service {
                     .read()
                     .map(|s| s.contains_key(&id))
                     .unwrap_or(false))
+    }
+}
+
+impl RpcHandler for Service {
+    fn authorize(&self, id: NodeId, key_sha256: &str) -> Result<(), String> {
+        if !self.is_member(id) {
+            return Err(format!(
+                "node {id} is not a member of this cluster (removed?)"
+            ));
+        }
+        self.pins.check(id, key_sha256)
+    }
+
+    fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
+        let ip_of = |addr: &str| addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let m = self.node.raft.metrics();
+        let m = m.borrow();
+        let in_log = m
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| ip_of(&n.rpc_addr) == Some(ip));
+        in_log
+            || self
+                .seeds
+                .read()
+                .map(|s| s.values().any(|n| ip_of(&n.rpc_addr) == Some(ip)))
+                .unwrap_or(false)
     }
 
     async fn handle(&self, _caller: Option<NodeId>, req: RpcRequest) -> RpcResponse {
@@ -695,24 +779,94 @@ impl RpcHandler for Service {
     }
 }
 
+/// How long a follower waits for its log to show a join token it does not
+/// have yet (one created a moment ago through another node).
+const TOKEN_CATCH_UP: Duration = Duration::from_secs(2);
+
 impl Service {
+    /// Whether the token is one this cluster issued, unused and not expired,
+    /// judged on this node's applied state, before anything is proposed:
+    /// a forged join costs a read, never a raft entry. Apply checks again
+    /// (the authority on single use and expiry).
+    async fn token_usable(&self, hash: &str) -> Result<(), String> {
+        let read = |store: &Store| {
+            store
+                .token(hash)
+                .map_err(|e| format!("cannot read the join tokens: {e}"))
+        };
+        let mut found = read(self.node.store())?;
+        if found.is_none() && self.node.current_leader() != Some(self.node.node_id()) {
+            // A follower may not have applied a token just issued elsewhere:
+            // give the leader's commit index a heartbeat or two to arrive
+            // and what it covers to be applied.
+            let deadline = tokio::time::Instant::now() + TOKEN_CATCH_UP;
+            tokio::time::sleep(Duration::from_millis(
+                2 * self.node.opts.heartbeat_interval_ms,
+            ))
+            .await;
+            let mut rx = self.node.raft.metrics();
+            loop {
+                let behind = {
+                    let m = rx.borrow_and_update();
+                    m.last_applied.map(|l| l.index) < m.last_log_index
+                };
+                if !behind {
+                    break;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            found = read(self.node.store())?;
+        }
+        let Some(token) = found else {
+            return Err("the join token is not valid for this cluster".into());
+        };
+        if let Some(by) = token.used_by {
+            return Err(format!("the join token was already used (by node {by})"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if token.expires_ms <= now {
+            return Err(format!(
+                "the join token expired {} s ago",
+                (now - token.expires_ms) / 1000
+            ));
+        }
+        Ok(())
+    }
+
     async fn join(
         &self,
         secret: String,
         csr_pem: String,
         info: NodeInfo,
     ) -> Result<JoinGrant, String> {
+        // Everything that can be judged here is, before raft hears of it.
+        if secret.len() != 48 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the join token is not valid for this cluster".into());
+        }
         let hash = JoinToken {
-            secret,
+            secret: secret.to_ascii_lowercase(),
             ca_fingerprint: String::new(),
         }
         .hash();
+        self.token_usable(&hash).await?;
+        // A bad request must not spend the token; its key is what gets
+        // pinned for the new node id.
+        let key_sha256 = crate::pki::csr_key_sha256(&csr_pem).map_err(|e| e.to_string())?;
+        let admit = Command::NodeAdmit {
+            token_hash: hash,
+            info: info.clone(),
+            key_sha256: key_sha256.clone(),
+        };
+        admit.validate().map_err(|e| e.to_string())?;
         let outcome = self
             .node
-            .propose(vec![Command::NodeAdmit {
-                token_hash: hash,
-                info: info.clone(),
-            }])
+            .propose(vec![admit])
             .await
             .map_err(|e| e.to_string())?;
         let node_id = match outcome.into_iter().next() {
@@ -724,6 +878,10 @@ impl Service {
             .pki
             .issue(node_id, &csr_pem)
             .map_err(|e| e.to_string())?;
+        // The certificate carries the key that was pinned (same request).
+        if crate::pki::pem_key_sha256(&node_pem).map_err(|e| e.to_string())? != key_sha256 {
+            return Err("the issued certificate does not carry the pinned key".into());
+        }
         let members: BTreeMap<NodeId, NodeInfo> = self
             .node
             .raft
@@ -733,6 +891,10 @@ impl Service {
             .membership()
             .nodes()
             .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let pins = members
+            .keys()
+            .filter_map(|id| Some((*id, self.pins.pinned(*id)?)))
             .collect();
         admin(
             &self.node,
@@ -751,6 +913,7 @@ impl Service {
             ca_key_pem: self.pki.ca_key_pem().to_string(),
             cluster_name: self.cluster_name.clone(),
             members,
+            pins,
         })
     }
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::LogId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -86,15 +87,32 @@ impl Elision {
     /// `acked`: the last entry the target acknowledged to this stream. Its
     /// own count, not raft's metrics: those are published a moment late, and
     /// a heartbeat right after the last entry of a burst — the only word of
-    /// its commit a follower gets — would look redundant.
-    fn redundant(&self, target: u64, acked: u64, contacts: &Contacts) -> bool {
+    /// its commit a follower gets — would look redundant. `prev`: the
+    /// heartbeat's `prev_log_id`. We answer for the follower only when it is
+    /// exactly what the follower acknowledged: then the answer is the one
+    /// the follower would give (its log holds `prev`). Any other `prev`
+    /// (openraft probing after a conflict, a new leader's first round) is
+    /// sent, whatever else holds.
+    fn redundant(
+        &self,
+        target: u64,
+        prev: Option<&LogId<u64>>,
+        acked: Option<&LogId<u64>>,
+        contacts: &Contacts,
+    ) -> bool {
         if !self.enabled {
+            return false;
+        }
+        let (Some(prev), Some(acked)) = (prev, acked) else {
+            return false;
+        };
+        if prev != acked {
             return false;
         }
         let Some(rx) = self.metrics.get() else {
             return false;
         };
-        let pending = rx.borrow().last_log_index.unwrap_or(0) > acked;
+        let pending = rx.borrow().last_log_index.unwrap_or(0) > acked.index;
         pending && contacts.since(target).is_some_and(|d| d < self.window)
     }
 }
@@ -108,7 +126,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             rpc: RpcClient::new(node.rpc_addr.clone(), server_name(target), self.tls.clone()),
             contacts: self.contacts.clone(),
             elision: self.elision.clone(),
-            acked: 0,
+            acked: None,
         }
     }
 }
@@ -119,8 +137,28 @@ pub struct PeerClient {
     rpc: RpcClient,
     contacts: Arc<Contacts>,
     elision: Arc<Elision>,
-    /// The last log index the target acknowledged on this stream.
-    acked: u64,
+    /// The last log id the target acknowledged on this stream (None after a
+    /// conflict or an error: nothing is known to match).
+    acked: Option<LogId<u64>>,
+}
+
+/// An AppendEntries carries entries up to this many bytes (estimated from
+/// the commands) beyond its first entry; the rest go in the next request
+/// (answered to openraft as a partial success). With the entry bound of the
+/// proposer this keeps every request under `rpc::MAX_FRAME`.
+pub const APPEND_BYTES: usize = 8 << 20;
+
+fn entry_bytes(e: &openraft::Entry<TypeConfig>) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(r) => {
+            64 + r
+                .commands
+                .iter()
+                .map(hamail_types::Command::approx_size)
+                .sum::<usize>()
+        }
+        _ => 1024,
+    }
 }
 
 fn to_rpc_error<E: std::error::Error>(
@@ -160,45 +198,69 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
         if rpc.entries.is_empty()
-            && self
-                .elision
-                .redundant(self.target, self.acked, &self.contacts)
+            && self.elision.redundant(
+                self.target,
+                rpc.prev_log_id.as_ref(),
+                self.acked.as_ref(),
+                &self.contacts,
+            )
         {
             self.elision
                 .elided
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(AppendEntriesResponse::Success);
         }
-        let last = rpc.entries.last().map(|e| e.log_id.index);
+        // Cut a long request: the first entry always goes, then entries
+        // while they fit APPEND_BYTES.
+        let mut bytes = 0usize;
+        let keep = rpc
+            .entries
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| {
+                bytes = bytes.saturating_add(entry_bytes(e));
+                *i == 0 || bytes <= APPEND_BYTES
+            })
+            .count();
+        let cut = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let prev = rpc.prev_log_id;
+        let last = rpc.entries.last().map(|e| e.log_id).or(prev);
         match self
             .call(RpcRequest::AppendEntries(rpc), option.hard_ttl())
             .await
         {
             Ok(RpcResponse::AppendEntries(Ok(r))) => {
-                let acked = match &r {
+                self.acked = match &r {
                     AppendEntriesResponse::Success => last,
-                    AppendEntriesResponse::PartialSuccess(m) => m.map(|l| l.index),
+                    AppendEntriesResponse::PartialSuccess(m) => *m,
                     _ => None,
                 };
-                if let Some(i) = acked {
-                    self.acked = self.acked.max(i);
-                }
-                Ok(r)
+                Ok(match r {
+                    AppendEntriesResponse::Success if cut => {
+                        AppendEntriesResponse::PartialSuccess(last)
+                    }
+                    other => other,
+                })
             }
             Ok(RpcResponse::AppendEntries(Err(e))) => {
+                self.acked = None;
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             Ok(_) => Err(unexpected("append entries")),
-            Err(e) => Err(to_rpc_error(
-                self.me,
-                self.target,
-                RPCTypes::AppendEntries,
-                e,
-            )),
+            Err(e) => {
+                self.acked = None;
+                Err(to_rpc_error(
+                    self.me,
+                    self.target,
+                    RPCTypes::AppendEntries,
+                    e,
+                ))
+            }
         }
     }
 

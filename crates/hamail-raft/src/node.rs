@@ -267,6 +267,8 @@ impl RaftNode {
             // message): a bounded count keeps one AppendEntries well under
             // the RPC frame limit.
             max_payload_entries: 16,
+            // Bounded explicitly: the RPC frame limit is sized for it.
+            snapshot_max_chunk_size: crate::rpc::SNAPSHOT_CHUNK,
             ..Default::default()
         };
         let config = Arc::new(

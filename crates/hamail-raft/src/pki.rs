@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
@@ -69,6 +70,31 @@ pub fn peer_node_id(cert: &CertificateDer<'_>) -> Option<u64> {
 
 pub fn fingerprint(cert_der: &[u8]) -> String {
     hex::encode(Sha256::digest(cert_der))
+}
+
+/// SHA-256 (hex) of a certificate's SubjectPublicKeyInfo: what the
+/// membership pins for a node. It survives re-signing by another CA (the
+/// key stays), and no CA key holder can forge it.
+pub fn key_sha256(cert_der: &[u8]) -> Option<String> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(hex::encode(Sha256::digest(
+        x.tbs_certificate.subject_pki.raw,
+    )))
+}
+
+/// `key_sha256` of the key a certificate request asks to be certified.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, PkiError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::Cert(format!("certificate request: {e}")))?;
+    Ok(hex::encode(Sha256::digest(
+        csr.public_key.subject_public_key_info(),
+    )))
+}
+
+/// `key_sha256` of a PEM certificate.
+pub fn pem_key_sha256(cert_pem: &str) -> Result<String, PkiError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(cert_err)?;
+    key_sha256(der.as_ref()).ok_or_else(|| PkiError::Cert("unparsable certificate".into()))
 }
 
 fn write_private(path: &Path, data: &str) -> Result<(), PkiError> {
@@ -267,6 +293,11 @@ impl Pki {
 
     fn node_cert(&self) -> Result<CertificateDer<'static>, PkiError> {
         CertificateDer::from_pem_slice(self.node_pem.as_bytes()).map_err(cert_err)
+    }
+
+    /// This node's pinned key (see `key_sha256`).
+    pub fn node_key_sha256(&self) -> Result<String, PkiError> {
+        pem_key_sha256(&self.node_pem)
     }
 
     /// SHA-256 of the CA certificate (DER), hex: what join tokens pin.

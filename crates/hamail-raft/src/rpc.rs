@@ -1,17 +1,20 @@
 //! Cluster RPC: TLS 1.3 with mutual authentication by the cluster CA, frames
-//! of at most 64 MiB (tokio-util's length-delimited codec), postcard-encoded
-//! requests and replies, one request at a time per connection. Connections
-//! are kept and reused; any error drops the connection and the next call
-//! dials again.
+//! of at most `MAX_FRAME` (tokio-util's length-delimited codec),
+//! postcard-encoded requests and replies, one request at a time per
+//! connection. Connections are kept and reused; any error drops the
+//! connection and the next call dials again.
 //!
 //! The server learns the caller's node id from its certificate (`node-<id>`)
-//! and checks it against the current membership on every connection: a
-//! removed node's certificate is refused. A caller without a certificate may
-//! only ask to join.
+//! and checks, on every connection, that the id is a member and that the
+//! certificate's key is the one pinned for it: a removed node's certificate,
+//! or one minted for another id, is refused. A caller without a certificate
+//! may only ask to join, with one frame of a few KiB, a few times a second
+//! per address, on a bounded number of connections (see `Gate`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hamail_types::{Command, NodeId, NodeInfo, Outcome};
@@ -28,10 +31,23 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::TypeConfig;
-use crate::pki::peer_node_id;
+use crate::pki::{key_sha256, peer_node_id};
 
-pub const MAX_FRAME: usize = 512 << 20;
+/// Largest frame between members. What it must hold: one raft entry (a
+/// batch stops growing at 4 MiB; a single mail message may exceed that, up
+/// to `smtp.message_size_limit` ≤ 64 MiB plus its envelope of at most
+/// 10,000 recipients), an AppendEntries (the network cuts them at
+/// `network::APPEND_BYTES` beyond their first entry), a snapshot chunk
+/// (`SNAPSHOT_CHUNK`), or a forwarded proposal of the same bounds.
+pub const MAX_FRAME: usize = 80 << 20;
+/// Largest frame from a caller without a certificate: a `Join` (a secret, a
+/// CSR of a few hundred bytes and the node's names and addresses).
+pub const PREAUTH_MAX_FRAME: usize = 8 << 10;
+/// openraft's snapshot chunk size (set in the raft config).
+pub const SNAPSHOT_CHUNK: u64 = 4 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply the peer does not take within this time ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no request for this long is closed by the server.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -77,6 +93,8 @@ pub struct JoinGrant {
     /// Members at the time of the join: the joiner accepts RPCs from them
     /// before its own log tells it the membership.
     pub members: BTreeMap<NodeId, NodeInfo>,
+    /// Their pinned certificate keys, for the same time.
+    pub pins: BTreeMap<NodeId, String>,
 }
 
 /// One member in `cluster status`.
@@ -148,9 +166,9 @@ pub enum RpcError {
 
 type ClientConn = Framed<tokio_rustls::client::TlsStream<TcpStream>, LengthDelimitedCodec>;
 
-fn codec() -> LengthDelimitedCodec {
+fn codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(max_frame)
         .new_codec()
 }
 
@@ -160,6 +178,8 @@ pub struct RpcClient {
     server_name: rustls::pki_types::ServerName<'static>,
     connector: TlsConnector,
     conn: Option<ClientConn>,
+    /// Overrides the process-wide source address (`set_source_ip`).
+    source: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -182,8 +202,8 @@ pub fn set_source_ip(ip: std::net::IpAddr) {
     }
 }
 
-async fn dial(addr: &str) -> std::io::Result<TcpStream> {
-    let Some(src) = SOURCE_IP.get().copied() else {
+async fn dial(addr: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(src) = source.or_else(|| SOURCE_IP.get().copied()) else {
         return TcpStream::connect(addr).await;
     };
     let mut last = None;
@@ -219,7 +239,14 @@ impl RpcClient {
             server_name,
             connector: TlsConnector::from(config),
             conn: None,
+            source: None,
         }
+    }
+
+    /// Dials from `ip` instead of the process-wide source address.
+    pub fn with_source(mut self, ip: IpAddr) -> Self {
+        self.source = Some(ip);
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -227,7 +254,7 @@ impl RpcClient {
     }
 
     async fn connect(&mut self) -> Result<ClientConn, RpcError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(&self.addr))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(&self.addr, self.source))
             .await
             .map_err(|_| RpcError::Connect {
                 addr: self.addr.clone(),
@@ -251,7 +278,7 @@ impl RpcClient {
             addr: self.addr.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Framed::new(tls, codec()))
+        Ok(Framed::new(tls, codec(MAX_FRAME)))
     }
 
     /// Sends one request and waits up to `timeout` for its reply.
@@ -319,13 +346,129 @@ impl RpcClient {
 
 /// What serves RPCs: implemented by the cluster.
 pub trait RpcHandler: Send + Sync + 'static {
-    /// Is `node_id` (from a peer certificate) allowed to call us?
-    fn is_member(&self, node_id: NodeId) -> bool;
+    /// May the caller whose certificate names `node_id` and carries the key
+    /// `key_sha256` call us? It must be a member and its key the one pinned
+    /// for that id (a certificate minted with the CA key by anyone else is
+    /// refused). `Err` says why not.
+    fn authorize(&self, node_id: NodeId, key_sha256: &str) -> Result<(), String>;
+    /// Is `ip` the address of a member? Members are not counted against the
+    /// limits on connections that have not shown a certificate yet, so a
+    /// flood from elsewhere cannot keep them out.
+    fn is_member_ip(&self, ip: IpAddr) -> bool;
     fn handle(
         &self,
         caller: Option<NodeId>,
         req: RpcRequest,
     ) -> impl std::future::Future<Output = RpcResponse> + Send;
+}
+
+/// Connections that have not (yet) shown a member certificate: the TLS
+/// handshake and, without a certificate, the one `Join` frame. Limited in
+/// number, per address and in total, and in time, so that nobody without a
+/// certificate can hold more than a few KiB of our memory or our slots.
+#[derive(Debug)]
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    total: usize,
+    per_ip: HashMap<IpAddr, IpState>,
+}
+
+#[derive(Debug)]
+struct IpState {
+    conns: usize,
+    /// Token bucket of requests without a certificate.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Connections without a proven certificate at once, in all.
+const PREAUTH_TOTAL: usize = 128;
+/// ... and from one address.
+const PREAUTH_PER_IP: usize = 8;
+/// From TCP accept to the end of the first frame, for a caller without a
+/// certificate (a joiner sends one small frame right after the handshake).
+const PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests without a certificate per address: a burst, then per second.
+const PREAUTH_BURST: f64 = 8.0;
+const PREAUTH_PER_SEC: f64 = 2.0;
+/// Addresses remembered by the rate limit before idle ones are forgotten.
+const GATE_MAX_ADDRS: usize = 4096;
+
+/// A slot held by a connection without a proven certificate.
+struct PreAuth<'a> {
+    gate: &'a Gate,
+    ip: IpAddr,
+}
+
+impl Drop for PreAuth<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.gate.state.lock() {
+            g.total = g.total.saturating_sub(1);
+            if let Some(s) = g.per_ip.get_mut(&self.ip) {
+                s.conns = s.conns.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: std::sync::Mutex::new(GateState::default()),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, or why not.
+    fn enter(&self, ip: IpAddr) -> Result<PreAuth<'_>, &'static str> {
+        let mut g = self.state.lock().map_err(|_| "gate poisoned")?;
+        if g.total >= PREAUTH_TOTAL {
+            return Err("too many connections without a certificate");
+        }
+        if g.per_ip.len() >= GATE_MAX_ADDRS {
+            let now = Instant::now();
+            g.per_ip.retain(|_, s| {
+                s.conns > 0 || now.duration_since(s.refilled) < Duration::from_secs(10)
+            });
+        }
+        let s = g.per_ip.entry(ip).or_insert_with(|| IpState {
+            conns: 0,
+            tokens: PREAUTH_BURST,
+            refilled: Instant::now(),
+        });
+        if s.conns >= PREAUTH_PER_IP {
+            return Err("too many connections without a certificate from this address");
+        }
+        s.conns += 1;
+        g.total += 1;
+        Ok(PreAuth { gate: self, ip })
+    }
+
+    /// May `ip` send one more request without a certificate now?
+    fn allow_request(&self, ip: IpAddr) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        // A member's address holds no slot, so it may have no entry yet.
+        let s = g.per_ip.entry(ip).or_insert_with(|| IpState {
+            conns: 0,
+            tokens: PREAUTH_BURST,
+            refilled: now,
+        });
+        let dt = now.duration_since(s.refilled).as_secs_f64();
+        s.tokens = (s.tokens + dt * PREAUTH_PER_SEC).min(PREAUTH_BURST);
+        s.refilled = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Accepts RPC connections until `cancel`.
@@ -336,6 +479,7 @@ pub async fn serve<H: RpcHandler>(
     cancel: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let gate = Arc::new(Gate::new());
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -346,8 +490,9 @@ pub async fn serve<H: RpcHandler>(
                     let acceptor = acceptor.clone();
                     let handler = handler.clone();
                     let cancel = cancel.clone();
+                    let gate = gate.clone();
                     conns.spawn(async move {
-                        if let Err(e) = connection(tcp, acceptor, handler, cancel).await {
+                        if let Err(e) = connection(tcp, peer, acceptor, handler, &gate, cancel).await {
                             tracing::debug!(%peer, error = %e, "rpc connection ended");
                         }
                     });
@@ -363,29 +508,54 @@ pub async fn serve<H: RpcHandler>(
     conns.shutdown().await;
 }
 
+type ServerConn = Framed<tokio_rustls::server::TlsStream<TcpStream>, LengthDelimitedCodec>;
+
 async fn connection<H: RpcHandler>(
     tcp: TcpStream,
+    peer: SocketAddr,
     acceptor: TlsAcceptor,
     handler: Arc<H>,
+    gate: &Gate,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let ip = peer.ip();
+    let member_ip = handler.is_member_ip(ip);
+    // Members' addresses skip the count (a flood must not lock them out);
+    // the handshake deadline holds for everyone.
+    let mut slot = if member_ip {
+        None
+    } else {
+        Some(
+            gate.enter(ip)
+                .map_err(|e| format!("dropped at accept: {e}"))?,
+        )
+    };
+    let preauth_deadline = tokio::time::Instant::now() + PREAUTH_DEADLINE;
+    let tls = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))?,
+    };
     let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
         None => None,
-        Some(cert) => Some(peer_node_id(cert).ok_or("peer certificate names no node")?),
+        Some(cert) => {
+            let id = peer_node_id(cert).ok_or("peer certificate names no node")?;
+            let key = key_sha256(cert.as_ref()).ok_or("unparsable peer certificate")?;
+            Some((id, key))
+        }
     };
-    let mut framed = Framed::new(tls, codec());
-    if let Some(id) = caller
-        && !handler.is_member(id)
-    {
-        let r = RpcResponse::Refused(format!(
-            "node {id} is not a member of this cluster (removed?)"
-        ));
-        let _ = send(&mut framed, &r).await;
-        return Err(format!("refused node {id}: not a member"));
+    let Some((id, key)) = caller else {
+        return unauthenticated(tls, ip, handler, gate, slot, preauth_deadline, cancel).await;
+    };
+    // A proven member certificate: the connection leaves the pre-auth count.
+    slot.take();
+    let mut framed = Framed::new(tls, codec(MAX_FRAME));
+    if let Err(reason) = handler.authorize(id, &key) {
+        tracing::warn!(node_id = id, %peer, %reason, "refused a cluster peer");
+        let r = RpcResponse::Refused(reason.clone());
+        let _ = send(&mut framed, &r, &cancel).await;
+        return Err(format!("refused node {id}: {reason}"));
     }
     loop {
         let frame = tokio::select! {
@@ -399,30 +569,76 @@ async fn connection<H: RpcHandler>(
         };
         let resp = match postcard::from_bytes::<RpcRequest>(&frame) {
             Err(e) => RpcResponse::Refused(format!("malformed request: {e}")),
-            Ok(req) => {
-                if caller.is_none() && !matches!(req, RpcRequest::Join { .. }) {
-                    RpcResponse::Refused("a client certificate of this cluster is required".into())
-                } else {
-                    handler.handle(caller, req).await
-                }
-            }
+            Ok(req) => tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = handler.handle(Some(id), req) => r,
+            },
         };
+        drop(frame);
         let refused = matches!(resp, RpcResponse::Refused(_));
-        send(&mut framed, &resp).await?;
-        if refused || caller.is_none() {
-            // A joiner gets one answer; a refused caller gets no second try.
+        send(&mut framed, &resp, &cancel).await?;
+        if refused {
+            // A refused caller gets no second try on this connection.
             return Ok(());
         }
     }
 }
 
+/// A caller without a certificate: one small frame, which must be a `Join`,
+/// within the pre-auth deadline and the address's rate; one answer; closed.
+async fn unauthenticated<H: RpcHandler>(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    ip: IpAddr,
+    handler: Arc<H>,
+    gate: &Gate,
+    _slot: Option<PreAuth<'_>>,
+    deadline: tokio::time::Instant,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    // The cap applies to the announced length: a larger announcement ends
+    // the connection before anything is buffered.
+    let mut framed = Framed::new(tls, codec(PREAUTH_MAX_FRAME));
+    let frame = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        f = tokio::time::timeout_at(deadline, framed.next()) => match f {
+            Err(_) => return Err("no request within the deadline for callers without a certificate".into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(format!("without a certificate: {e}")),
+            Ok(Some(Ok(f))) => f,
+        },
+    };
+    let resp = if !gate.allow_request(ip) {
+        RpcResponse::Refused(format!(
+            "too many requests without a certificate from {ip}; retry in a few seconds"
+        ))
+    } else {
+        match postcard::from_bytes::<RpcRequest>(&frame) {
+            Err(e) => RpcResponse::Refused(format!("malformed request: {e}")),
+            Ok(req @ RpcRequest::Join { .. }) => tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = handler.handle(None, req) => r,
+            },
+            Ok(_) => {
+                RpcResponse::Refused("a client certificate of this cluster is required".into())
+            }
+        }
+    };
+    send(&mut framed, &resp, &cancel).await
+}
+
+/// One reply, within `WRITE_TIMEOUT` and never past shutdown: a peer that
+/// does not read its replies loses its connection, not our task.
 async fn send(
-    framed: &mut Framed<tokio_rustls::server::TlsStream<TcpStream>, LengthDelimitedCodec>,
+    framed: &mut ServerConn,
     resp: &RpcResponse,
+    cancel: &CancellationToken,
 ) -> Result<(), String> {
     let bytes = postcard::to_allocvec(resp).map_err(|e| e.to_string())?;
-    framed
-        .send(tokio_util::bytes::Bytes::from(bytes))
-        .await
-        .map_err(|e: std::io::Error| e.to_string())
+    tokio::select! {
+        _ = cancel.cancelled() => Err("shutting down".into()),
+        r = tokio::time::timeout(WRITE_TIMEOUT, framed.send(tokio_util::bytes::Bytes::from(bytes))) => match r {
+            Err(_) => Err(format!("the peer did not take our reply within {WRITE_TIMEOUT:?}")),
+            Ok(r) => r.map_err(|e: std::io::Error| e.to_string()),
+        },
+    }
 }

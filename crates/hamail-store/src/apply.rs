@@ -207,14 +207,22 @@ impl<'a> Applier<'a> {
                 );
                 Ok(Outcome::applied("join token stored"))
             }
-            Command::NodeAdmit { token_hash, info } => self.node_admit(token_hash, info, time_ms),
-            Command::NodeRegister { node_id, info } => {
+            Command::NodeAdmit {
+                token_hash,
+                info,
+                key_sha256,
+            } => self.node_admit(token_hash, info, key_sha256, time_ms),
+            Command::NodeRegister {
+                node_id,
+                info,
+                key_sha256,
+            } => {
                 if self.get(Table::Nodes, &node_key(*node_id))?.is_some() {
                     return Ok(Outcome::rejected(format!(
                         "node {node_id} is registered already"
                     )));
                 }
-                self.put_node(*node_id, info, time_ms)?;
+                self.put_node(*node_id, info, key_sha256, time_ms)?;
                 Ok(Outcome::applied(format!(
                     "node {node_id} ({}) registered",
                     info.name
@@ -413,7 +421,7 @@ impl<'a> Applier<'a> {
         )))
     }
 
-    fn put_node(&mut self, id: NodeId, info: &NodeInfo, t: u64) -> Result<()> {
+    fn put_node(&mut self, id: NodeId, info: &NodeInfo, key_sha256: &str, t: u64) -> Result<()> {
         self.put(
             Table::Nodes,
             node_key(id),
@@ -421,6 +429,7 @@ impl<'a> Applier<'a> {
                 info: info.clone(),
                 joined_ms: t,
                 removed: false,
+                key_sha256: key_sha256.to_string(),
             },
         );
         let next = self
@@ -430,7 +439,13 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn node_admit(&mut self, token_hash: &str, info: &NodeInfo, t: u64) -> Result<Outcome> {
+    fn node_admit(
+        &mut self,
+        token_hash: &str,
+        info: &NodeInfo,
+        key_sha256: &str,
+        t: u64,
+    ) -> Result<Outcome> {
         let Some(mut token) =
             self.get_typed::<TokenRecord>(Table::Tokens, token_hash.as_bytes(), "token")?
         else {
@@ -468,7 +483,7 @@ impl<'a> Applier<'a> {
         let id = self
             .get_typed::<u64>(Table::Nodes, NEXT_NODE_ID_KEY, "next node id")?
             .unwrap_or(1);
-        self.put_node(id, info, t)?;
+        self.put_node(id, info, key_sha256, t)?;
         token.used_by = Some(id);
         self.put(Table::Tokens, token_hash.as_bytes().to_vec(), &token);
         Ok(Outcome::Admitted { node_id: id })

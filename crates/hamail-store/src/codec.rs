@@ -6,7 +6,10 @@ use serde::de::DeserializeOwned;
 
 use crate::StoreError;
 
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: node records and the node commands carry the pinned certificate key
+/// (`key_sha256`). A data directory written by format 1 is refused with
+/// "unknown format version 1" (pre-release: no migration).
+pub const FORMAT_VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let out = vec![FORMAT_VERSION];

@@ -112,6 +112,9 @@ pub struct NodeRecord {
     pub info: NodeInfo,
     pub joined_ms: u64,
     pub removed: bool,
+    /// SHA-256 (hex) of the public key of the node's certificate, pinned
+    /// when it joined: the cluster RPC accepts this node id only with it.
+    pub key_sha256: String,
 }
 
 /// A zone: its records (sorted, SOA serial kept current), its serial, and

@@ -102,15 +102,20 @@ pub enum Command {
         ttl_ms: u64,
     },
     /// Consumes a join token and admits a new node under a fresh id (answered
-    /// with [`Outcome::Admitted`]). Ids are never reused.
+    /// with [`Outcome::Admitted`]). Ids are never reused. `key_sha256` pins
+    /// the public key of the certificate the node gets (SHA-256 of its
+    /// SubjectPublicKeyInfo, hex): a certificate for that id with another
+    /// key is refused, whoever signed it.
     NodeAdmit {
         token_hash: String,
         info: NodeInfo,
+        key_sha256: String,
     },
-    /// Records the node that initialised the cluster.
+    /// Records the node that initialised the cluster, with its pinned key.
     NodeRegister {
         node_id: NodeId,
         info: NodeInfo,
+        key_sha256: String,
     },
     /// Marks a node removed; its id stays taken.
     NodeRemove {
@@ -248,6 +253,11 @@ impl Command {
                 if !valid_token_hash(token_hash) =>
             {
                 bad("a token hash is 64 lower-case hex digits".into())
+            }
+            Command::NodeAdmit { key_sha256, .. } | Command::NodeRegister { key_sha256, .. }
+                if !valid_token_hash(key_sha256) =>
+            {
+                bad("a pinned key hash is 64 lower-case hex digits".into())
             }
             Command::ZoneCreate { zone, records } | Command::ZoneReplace { zone, records } => {
                 zone::check_zone(zone, records)
