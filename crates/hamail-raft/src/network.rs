@@ -305,3 +305,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// A heartbeat is answered for the follower only when its prev_log_id
+    /// is exactly what that follower acknowledged.
+    #[test]
+    fn elision_needs_the_acknowledged_prev_log_id() {
+        let elision = Elision::new(Duration::from_secs(60), true);
+        let mut m = openraft::RaftMetrics::<u64, NodeInfo>::new_initial(1);
+        m.last_log_index = Some(10);
+        let (_tx, rx) = tokio::sync::watch::channel(m);
+        let _ = elision.metrics.set(rx);
+        let contacts = Contacts::default();
+        contacts.touch(2);
+        let acked = log_id(3, 7);
+        // Entries waiting, recent contact, prev == acked: redundant.
+        assert!(elision.redundant(2, Some(&acked), Some(&acked), &contacts));
+        // Another prev (a probe after a conflict, another term): sent.
+        assert!(!elision.redundant(2, Some(&log_id(3, 5)), Some(&acked), &contacts));
+        assert!(!elision.redundant(2, Some(&log_id(2, 7)), Some(&acked), &contacts));
+        assert!(!elision.redundant(2, None, Some(&acked), &contacts));
+        // Nothing acknowledged on this stream: sent.
+        assert!(!elision.redundant(2, Some(&acked), None, &contacts));
+    }
+}
