@@ -2,7 +2,11 @@
 //! through hickory's parser with the fixes it needs), and a server that
 //! answers from a lock-free snapshot of the applied zones.
 
+mod cache;
+mod names;
+mod negative;
 mod server;
+mod snapshot;
 mod udp;
 mod zonefile;
 

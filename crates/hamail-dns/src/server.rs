@@ -5,33 +5,33 @@
 //! serial changed are announced to the configured secondaries (NOTIFY).
 //!
 //! In front of the catalog: only class IN is answered (CH `version.bind`
-//! and friends get REFUSED), and zone transfers only over TCP to addresses
-//! in the allow list.
+//! and friends get REFUSED), zone transfers only over TCP to addresses in
+//! the allow list, and what the zone's name index decides without hickory
+//! (referrals, NXDOMAIN, NODATA: see names.rs). The catalog answers the
+//! rest, the names that hold data.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hamail_store::Store;
+use hamail_store::{Store, ZoneState};
+use hamail_types::DomainName;
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordSet, RecordType};
-use hickory_proto::serialize::txt::Parser;
+use hickory_proto::rr::{DNSClass, Name, Record, RecordSet, RecordType};
 use hickory_server::Server;
+use hickory_server::net::NetError;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{
-    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
-};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
-
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::DnsError;
+use crate::names::Class;
+use crate::snapshot::{Cut, Served, ZoneData};
 
 /// Listener and policy settings, from `[dns]`.
 #[derive(Debug, Clone)]
@@ -54,36 +54,14 @@ pub struct DnsServer;
 /// address is reported before the node changes anything.
 pub struct DnsSockets(Vec<(SocketAddr, Vec<UdpSocket>, TcpListener)>);
 
-/// What queries are answered from: hickory's catalog, and per zone what we
-/// answer ourselves — zone transfers (in as many messages as the zone
-/// needs) and referrals below delegation points (with glue, AA clear).
-pub(crate) struct Served {
-    catalog: Catalog,
-    zones: BTreeMap<LowerName, ZoneData>,
-}
-
-struct ZoneData {
-    /// The SOA as the zone file has it (its own TTL).
-    soa: Record,
-    /// Every other record, in name order.
-    records: Vec<Record>,
-    /// Delegation points (NS below the apex), deepest first.
-    cuts: Vec<Cut>,
-}
-
-struct Cut {
-    name: LowerName,
-    ns: Vec<Record>,
-    /// A/AAAA of the NS targets that the zone holds.
-    glue: Vec<Record>,
-}
-
 /// Records per AXFR message: well under 64 KiB for any record we hold.
 const AXFR_RECORDS_PER_MESSAGE: usize = 100;
 
 pub(crate) struct Handler {
-    served: Arc<ArcSwap<Served>>,
-    allow_axfr: Vec<IpAddr>,
+    pub(crate) served: Arc<ArcSwap<Served>>,
+    pub(crate) allow_axfr: Vec<IpAddr>,
+    /// Offered in the OPT record of every answer.
+    pub(crate) max_udp_payload: u16,
 }
 
 fn header_of(request: &Request, code: ResponseCode) -> Header {
@@ -123,6 +101,13 @@ impl RequestHandler for Handler {
         response: R,
     ) -> ResponseInfo {
         let served = self.served.load_full();
+        // Every answer with an OPT record copies the query's DO bit (RFC
+        // 3225) and offers our own payload size.
+        let response = EdnsReply {
+            inner: response,
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            max_payload: self.max_udp_payload.max(512),
+        };
         if request.metadata.op_code == OpCode::Query
             && let Ok(info) = request.request_info()
         {
@@ -143,31 +128,102 @@ impl RequestHandler for Handler {
                     None => refuse(request, response, ResponseCode::NotAuth).await,
                 };
             }
-            if let Some(cut) = served.cut_for(q.name(), q.query_type()) {
-                return referral(request, response, cut).await;
+            // EDNS versions we do not speak get BADVERS from the catalog.
+            let edns_ok = request.edns.as_ref().is_none_or(|e| e.version() == 0);
+            if edns_ok
+                && let Some((_, zone, class)) =
+                    served.classify(&crate::names::wire(q.name()), q.query_type())
+            {
+                match class {
+                    Class::Answer => {}
+                    Class::Referral(i) => {
+                        if let Some(cut) = zone.cuts.get(i) {
+                            return referral(request, response, cut).await;
+                        }
+                    }
+                    Class::NoData => return negative(request, response, zone, false).await,
+                    Class::NxDomain => return negative(request, response, zone, true).await,
+                }
             }
         }
         served
             .catalog
-            .handle_request::<R, T>(request, response)
+            .handle_request::<EdnsReply<R>, T>(request, response)
             .await
     }
 }
 
-impl Served {
-    /// The delegation a query falls under, if any: the deepest cut at or
-    /// above the name in the deepest zone holding it (a DS query at the cut
-    /// itself is the parent's to answer).
-    fn cut_for(&self, name: &LowerName, qtype: RecordType) -> Option<&Cut> {
-        let zone = self
-            .zones
-            .iter()
-            .filter(|(origin, _)| origin.zone_of(name))
-            .max_by_key(|(origin, _)| origin.num_labels())?
-            .1;
-        zone.cuts
-            .iter()
-            .find(|c| c.name.zone_of(name) && !(c.name == *name && qtype == RecordType::DS))
+/// Sends what it is given with the response's OPT record (if any) carrying
+/// the query's DO bit and our payload size: hickory's catalog copies DO
+/// only when built with DNSSEC, and echoes the client's payload size.
+#[derive(Clone)]
+struct EdnsReply<R> {
+    inner: R,
+    dnssec_ok: bool,
+    max_payload: u16,
+}
+
+#[async_trait::async_trait]
+impl<R: ResponseHandler> ResponseHandler for EdnsReply<R> {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let edns = response.edns().cloned().map(|mut e| {
+            e.set_dnssec_ok(self.dnssec_ok);
+            e.set_max_payload(self.max_payload);
+            e
+        });
+        match &edns {
+            Some(e) => {
+                let mut response = response;
+                response.set_edns(e);
+                self.inner.send_response(response).await
+            }
+            None => self.inner.send_response(response).await,
+        }
+    }
+}
+
+/// NXDOMAIN or NODATA through hickory's encoder (TCP, and UDP answers that
+/// the prepared pieces do not fit): the zone's SOA in authority.
+async fn negative<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    zone: &ZoneData,
+    nxdomain: bool,
+) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.authoritative = true;
+    metadata.response_code = if nxdomain {
+        ResponseCode::NXDomain
+    } else {
+        ResponseCode::NoError
+    };
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(edns) = &request.edns {
+        builder.edns(edns);
+    }
+    let msg = builder.build(
+        metadata,
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::once(&zone.negative.record),
+        std::iter::empty(),
+    );
+    match response.send_response(msg).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "dns: sending a negative answer failed");
+            header_of(request, ResponseCode::ServFail).into()
+        }
     }
 }
 
@@ -238,127 +294,6 @@ async fn transfer<R: ResponseHandler>(
     last.unwrap_or_else(|| header_of(request, ResponseCode::ServFail).into())
 }
 
-/// The zone's records for AXFR and its delegation points, from the parsed
-/// zone; and the catalog's copy of the records with the SOA's TTL lowered
-/// to its MINIMUM, so negative answers carry the negative TTL of RFC 2308.
-fn zone_data(
-    origin: &Name,
-    records: &mut BTreeMap<hickory_proto::rr::RrKey, RecordSet>,
-) -> Option<ZoneData> {
-    let apex = LowerName::new(origin);
-    let mut soa = None;
-    let mut rest = Vec::new();
-    for set in records.values() {
-        for r in set.records_without_rrsigs() {
-            if r.record_type() == RecordType::SOA {
-                soa = Some(r.clone());
-            } else {
-                rest.push(r.clone());
-            }
-        }
-    }
-    let soa = soa?;
-    if let RData::SOA(s) = &soa.data {
-        let negative = soa.ttl.min(s.minimum);
-        for set in records.values_mut() {
-            if set.record_type() == RecordType::SOA {
-                set.set_ttl(negative);
-            }
-        }
-    }
-    let mut cuts: Vec<Cut> = Vec::new();
-    for r in rest.iter().filter(|r| r.record_type() == RecordType::NS) {
-        let name = LowerName::new(&r.name);
-        if name == apex {
-            continue;
-        }
-        match cuts.iter_mut().find(|c| c.name == name) {
-            Some(c) => c.ns.push(r.clone()),
-            None => cuts.push(Cut {
-                name,
-                ns: vec![r.clone()],
-                glue: Vec::new(),
-            }),
-        }
-    }
-    for c in &mut cuts {
-        let targets: Vec<LowerName> =
-            c.ns.iter()
-                .filter_map(|r| match &r.data {
-                    RData::NS(ns) => Some(LowerName::new(&ns.0)),
-                    _ => None,
-                })
-                .collect();
-        c.glue = rest
-            .iter()
-            .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-            .filter(|r| targets.contains(&LowerName::new(&r.name)))
-            .cloned()
-            .collect();
-    }
-    cuts.sort_by_key(|c| std::cmp::Reverse(c.name.num_labels()));
-    Some(ZoneData {
-        soa,
-        records: rest,
-        cuts,
-    })
-}
-
-/// Builds what is served from the store; returns it with each zone's serial.
-fn build(store: &Store) -> (Served, BTreeMap<String, u32>) {
-    let mut catalog = Catalog::new();
-    let mut zone_data_map = BTreeMap::new();
-    let mut serials = BTreeMap::new();
-    let zones = match store.zones() {
-        Ok(z) => z,
-        Err(e) => {
-            tracing::error!(error = %e, "dns: cannot read zones");
-            return (
-                Served {
-                    catalog,
-                    zones: zone_data_map,
-                },
-                serials,
-            );
-        }
-    };
-    for (zone, state) in zones {
-        let text = crate::zone_file_text(&zone, &state.records);
-        let built = Parser::new(text, None, None)
-            .parse()
-            .map_err(|e| e.to_string())
-            .and_then(|(origin, mut records)| {
-                if let Some(d) = zone_data(&origin, &mut records) {
-                    zone_data_map.insert(LowerName::new(&origin), d);
-                }
-                InMemoryZoneHandler::<TokioRuntimeProvider>::new(
-                    origin.clone(),
-                    records,
-                    ZoneType::Primary,
-                    AxfrPolicy::AllowAll,
-                )
-                .map(|h| (origin, h))
-            });
-        match built {
-            Ok((origin, handler)) => {
-                catalog.upsert(
-                    LowerName::new(&origin),
-                    vec![Arc::new(handler) as Arc<dyn ZoneHandler>],
-                );
-                serials.insert(zone.to_string(), state.serial);
-            }
-            Err(e) => tracing::error!(%zone, error = %e, "dns: zone not served"),
-        }
-    }
-    (
-        Served {
-            catalog,
-            zones: zone_data_map,
-        },
-        serials,
-    )
-}
-
 async fn notify(target: SocketAddr, zone: String) {
     use hickory_server::net::client::{Client, ClientHandle};
     use hickory_server::net::udp::UdpClientStream;
@@ -421,20 +356,17 @@ impl DnsServer {
         // Like BIND at start, the first build NOTIFYs every zone.
         let mut version = None;
         let mut built = false;
-        let mut serials = BTreeMap::new();
-        let served = Arc::new(ArcSwap::from_pointee(Served {
-            catalog: Catalog::new(),
-            zones: BTreeMap::new(),
-        }));
+        // A store read failed: the previous snapshot stays, try again soon.
+        let mut retry = false;
+        let served = Arc::new(ArcSwap::from_pointee(Served::empty()));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let udp_handler = Arc::new(Handler {
+        let handler = || Handler {
             served: served.clone(),
             allow_axfr: opts.allow_axfr.clone(),
-        });
-        let mut server = Server::new(Handler {
-            served: served.clone(),
-            allow_axfr: opts.allow_axfr.clone(),
-        });
+            max_udp_payload: opts.max_udp_payload,
+        };
+        let udp_handler = Arc::new(handler());
+        let mut server = Server::new(handler());
         for (_, udp, tcp) in sockets.0 {
             for socket in udp {
                 tokio::spawn(crate::udp::worker(
@@ -452,34 +384,44 @@ impl DnsServer {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(REBUILD_RETRY), if retry => {}
                     r = changes.changed() => {
                         if r.is_err() {
                             cancel.cancelled().await;
                             break;
                         }
-                        // Most writes are not zone edits: rebuild only when a
-                        // zone changed (a snapshot install moves this too).
-                        let now = store.zones_version().ok().flatten();
-                        if built && now == version {
-                            continue;
+                    }
+                }
+                // Most writes are not zone edits: rebuild only when a zone
+                // changed (a snapshot install moves this too).
+                let now = store.zones_version();
+                if built && !retry && now.as_ref().ok() == Some(&version) {
+                    continue;
+                }
+                let reader = store.clone();
+                let target = served.clone();
+                let Ok(swapped) = tokio::task::spawn_blocking(move || {
+                    refresh(&target, || reader.zones().map_err(|e| e.to_string()))
+                })
+                .await
+                else {
+                    retry = true;
+                    continue;
+                };
+                let Some(previous) = swapped else {
+                    retry = true;
+                    continue;
+                };
+                retry = false;
+                built = true;
+                version = now.ok().flatten();
+                // Workers drop their cached answers.
+                generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                for (zone, serial) in &served.load().serials {
+                    if previous.serials.get(zone) != Some(serial) {
+                        for target in &opts.notify {
+                            tokio::spawn(notify(*target, zone.clone()));
                         }
-                        built = true;
-                        version = now;
-                        let store = store.clone();
-                        let Ok((next, next_serials)) = tokio::task::spawn_blocking(move || build(&store)).await else {
-                            continue;
-                        };
-                        served.store(Arc::new(next));
-                        // Workers drop their cached answers.
-                        generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                        for (zone, serial) in &next_serials {
-                            if serials.get(zone) != Some(serial) {
-                                for target in &opts.notify {
-                                    tokio::spawn(notify(*target, zone.clone()));
-                                }
-                            }
-                        }
-                        serials = next_serials;
                     }
                 }
             }
@@ -487,5 +429,28 @@ impl DnsServer {
                 tracing::warn!(error = %e, "dns shutdown");
             }
         })
+    }
+}
+
+/// How soon a rebuild that could not read the store is tried again.
+const REBUILD_RETRY: Duration = Duration::from_secs(1);
+
+/// Builds the next snapshot from what `read` returns and swaps it in;
+/// returns the one it replaced. When the zones cannot be read, nothing is
+/// swapped (None): the previous snapshot keeps answering, rather than an
+/// empty one that would REFUSE every query.
+pub(crate) fn refresh<E: std::fmt::Display>(
+    served: &ArcSwap<Served>,
+    read: impl FnOnce() -> Result<Vec<(DomainName, ZoneState)>, E>,
+) -> Option<Arc<Served>> {
+    match read() {
+        Ok(zones) => {
+            let previous = served.load_full();
+            Some(served.swap(Arc::new(Served::build(zones, &previous))))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "dns: cannot read the zones; the previous ones stay served");
+            None
+        }
     }
 }
