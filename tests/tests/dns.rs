@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hamail_tests::{Node, stderr, wait_for};
+use hamail_tests::{Node, form_cluster, stderr, wait_for};
 
 /// kdig's full text answer for a query against `server:port`.
 fn kdig(server: &str, port: u16, args: &[&str]) -> String {
@@ -614,4 +614,69 @@ fn nsd_follows_a_hamail_zone_as_secondary() {
         kdig("127.0.0.1", nsd_port, &["new.example.jp", "A", "+short"]).trim(),
         "192.0.2.7"
     );
+}
+
+/// Cached answers never outlive an edit: a name asked often enough to sit
+/// in every UDP worker's cache on every node (and a name that did not
+/// exist, answered NXDOMAIN) answer the new data on all three nodes once
+/// `record set` / `record add` returns, from every worker.
+#[test]
+fn cached_answers_follow_record_set_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = 18110;
+    let dns = Node::dns_port(rpc);
+    let nodes = form_cluster(dir.path(), rpc, 3, "");
+    nodes[0].ok(&["zone", "add", "example.jp"]);
+    nodes[0].ok(&["record", "add", "example.jp", "hot 300 IN A 192.0.2.1"]);
+    let servers: Vec<String> = (1..=3).map(|i| format!("127.0.0.1{i}")).collect();
+    for s in &servers {
+        wait_for("every node to answer the hot name", || {
+            (kdig(s, dns, &["hot.example.jp", "A", "+short"]).trim() == "192.0.2.1").then_some(())
+        });
+        // kdig takes a new source port each time: SO_REUSEPORT spreads the
+        // queries over the workers, each of which caches the answer.
+        for _ in 0..8 {
+            assert_eq!(
+                kdig(s, dns, &["hot.example.jp", "A", "+short"]).trim(),
+                "192.0.2.1"
+            );
+            assert_eq!(
+                kdig(s, dns, &["hot.example.jp", "A", "+dnssec", "+short"]).trim(),
+                "192.0.2.1"
+            );
+            assert_eq!(status(&kdig(s, dns, &["new.example.jp", "A"])), "NXDOMAIN");
+        }
+    }
+    nodes[1].ok(&["record", "set", "example.jp", "hot 300 IN A 192.0.2.2"]);
+    nodes[2].ok(&["record", "add", "example.jp", "new 300 IN A 192.0.2.3"]);
+    let edited = std::time::Instant::now();
+    for s in &servers {
+        wait_for("the new data on every node", || {
+            (kdig(s, dns, &["hot.example.jp", "A", "+short"]).trim() == "192.0.2.2"
+                && kdig(s, dns, &["new.example.jp", "A", "+short"]).trim() == "192.0.2.3")
+                .then_some(())
+        });
+    }
+    // Reported, not asserted (shared machines): the issue asks for < 1 s.
+    eprintln!(
+        "record set visible on all three nodes {} ms after the CLI returned (includes the kdig runs)",
+        edited.elapsed().as_millis()
+    );
+    // Every worker of every node, plain and DO: nothing stale left anywhere.
+    for s in &servers {
+        for _ in 0..8 {
+            assert_eq!(
+                kdig(s, dns, &["hot.example.jp", "A", "+short"]).trim(),
+                "192.0.2.2"
+            );
+            assert_eq!(
+                kdig(s, dns, &["hot.example.jp", "A", "+dnssec", "+short"]).trim(),
+                "192.0.2.2"
+            );
+            assert_eq!(
+                kdig(s, dns, &["new.example.jp", "A", "+short"]).trim(),
+                "192.0.2.3"
+            );
+        }
+    }
 }
