@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# bench/dns: the same 10,000-name zone served by NSD and by hamail (loaded
-# with `hamail zone import`), dnsperf against each in turn in one run, UDP,
-# same query file. Prints qps and lost queries and the ratio.
-# Usage: bench/dns.sh [SECONDS] [NAMES]
+# bench/dns: the same zone (100,000 names by default) served by NSD, stock
+# hickory-dns and hamail (release build, loaded with `hamail zone add
+# --file`), dnsperf against each in turn in one run, UDP, the same query
+# files: names that exist (hits), names that do not (misses: NXDOMAIN and
+# NODATA), and a mix (70 % hits, 20 % NXDOMAIN, 10 % NODATA, 10 % of all
+# with the DO bit) so that the answer cache cannot flatter the figure.
+# Prints qps and lost queries per server and mix, and the ratios.
+# Usage: bench/dns.sh [SECONDS] [NAMES]     HICKORY=skip leaves hickory out;
+# HAMAIL_BIN=path runs that binary instead of building the release one.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 . "$here/scripts/deps.sh"
 secs="${1:-10}"
-names="${2:-10000}"
+names="${2:-100000}"
 command -v dnsperf >/dev/null 2>&1 || apt_install dnsperf
 command -v nsd >/dev/null 2>&1 || apt_install nsd
-(cd "$here" && cargo build --quiet --workspace --all-targets)
-bin="$CARGO_TARGET_DIR/debug/hamail"
+command -v kdig >/dev/null 2>&1 || apt_install knot-dnsutils
+bin="${HAMAIL_BIN:-$CARGO_TARGET_DIR/release/hamail}"
+if [ -z "${HAMAIL_BIN:-}" ]; then
+    if declare -F release_build >/dev/null; then release_build; else (cd "$here" && cargo build --release --quiet --workspace --bins); fi
+fi
+case "$bin" in
+    */release/*) echo "bench/dns: hamail $bin (release profile)" ;;
+    *) echo "bench/dns: hamail $bin (NOT the release profile: figures are not comparable)" ;;
+esac
 # Stock hickory-dns, built once into /var/tmp (its own target directory).
 hickory="${HICKORY_DNS:-/var/tmp/hickory-dns-bin/bin/hickory-dns}"
-if [ ! -x "$hickory" ]; then
+[ "${HICKORY:-}" = skip ] && hickory=""
+if [ -n "$hickory" ] && [ ! -x "$hickory" ]; then
     echo "bench/dns: building stock hickory-dns (once)" >&2
     CARGO_TARGET_DIR=/var/tmp/hickory-dns-build cargo install --quiet hickory-dns --root /var/tmp/hickory-dns-bin
 fi
@@ -34,7 +47,9 @@ zone="$work/bench.example.zone"
     echo 'ns1 IN A 192.0.2.53'
     awk -v n="$names" 'BEGIN { for (i = 0; i < n; i++) printf "host%d IN A 10.%d.%d.%d\n", i, int(i/65536)%256, int(i/256)%256, i%256 }'
 } > "$zone"
-awk -v n="$names" 'BEGIN { for (i = 0; i < n; i++) printf "host%d.bench.example A\n", i }' > "$work/queries"
+for mix in hits misses mixed; do
+    python3 "$here/bench/dns-queries.py" "$work/$mix.q" bench.example "$names" 200000 "$mix"
+done
 
 # NSD, primary for the same zone file, no rate limiting.
 mkdir -p "$work/nsd"
@@ -75,8 +90,10 @@ zone_type = "Primary"
 type = "file"
 zone_path = "bench.example.zone"
 EOT
-"$hickory" -q -c "$work/hickory.toml" >/dev/null 2>&1 &
-pids+=($!)
+if [ -n "$hickory" ]; then
+    "$hickory" -q -c "$work/hickory.toml" >/dev/null 2>&1 &
+    pids+=($!)
+fi
 
 cat > "$work/hamail.toml" <<EOT
 [node]
@@ -101,18 +118,26 @@ done
 for _ in $(seq 1 150); do
     [ "$(kdig @127.0.0.1 -p 18554 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
     [ "$(kdig @127.0.0.1 -p 18553 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
-    [ "$(kdig @127.0.0.1 -p 18555 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && break
+    { [ -z "$hickory" ] || [ "$(kdig @127.0.0.1 -p 18555 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ]; } && break
     sleep 0.1
 done
 
-run() { # name port -> prints a line, leaves the qps in $work/<name>.qps
-    dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$secs" -c 4 -q 500 2>/dev/null > "$work/$1.out" || true
-    awk -v n="$1" -v f="$work/$1.qps" '/Queries sent:/ {s=$3} /Queries lost:/ {l=$3} /Queries per second:/ {q=$4}
-        END { printf "%-8s %10.0f qps   sent %d, lost %d (%.3f %%)\n", n, q, s, l, (s ? 100*l/s : 0); print q > f }' "$work/$1.out"
+run() { # name port mix -> prints a line, leaves the qps in $work/<name>.<mix>.qps
+    dnsperf -B -s 127.0.0.1 -p "$2" -d "$work/$3.q" -l "$secs" -c 4 -q 500 2>/dev/null > "$work/$1.$3.out" || true
+    awk -v n="$1" -v m="$3" -v f="$work/$1.$3.qps" '/Queries sent:/ {s=$3} /Queries lost:/ {l=$3} /Queries per second:/ {q=$4}
+        /Response codes:/ { for (i = 1; i < NF; i++) { if ($i == "NOERROR") ok = $(i+1); if ($i == "NXDOMAIN") nx = $(i+1) } }
+        END { printf "%-8s %-7s %10.0f qps   sent %d, lost %d (%.3f %%), NOERROR %d NXDOMAIN %d\n", n, m, q, s, l, (s ? 100*l/s : 0), ok, nx; print q > f }' "$work/$1.$3.out"
 }
-echo "bench/dns: $names names, dnsperf ${secs}s each, UDP, one after another"
-run nsd 18553
-run hickory 18555
-run hamail 18554
-awk -v h="$(cat "$work/hamail.qps")" -v n="$(cat "$work/nsd.qps")" -v k="$(cat "$work/hickory.qps")" \
-    'BEGIN { printf "ratio hamail/nsd %.2f   hamail/hickory %.2f   hickory/nsd %.2f\n", (n > 0 ? h/n : 0), (k > 0 ? h/k : 0), (n > 0 ? k/n : 0) }'
+servers="nsd:18553 hamail:18554"
+[ -n "$hickory" ] && servers="nsd:18553 hickory:18555 hamail:18554"
+echo "bench/dns: $names names, dnsperf ${secs}s per server and mix, UDP, one after another"
+for mix in hits misses mixed; do
+    for s in $servers; do run "${s%%:*}" "${s##*:}" "$mix"; done
+done
+q() { cat "$work/$1.qps" 2>/dev/null || echo 0; }
+for mix in hits misses mixed; do
+    awk -v m="$mix" -v h="$(q hamail.$mix)" -v n="$(q nsd.$mix)" -v k="$(q hickory.$mix)" \
+        'BEGIN { printf "%-7s ratio hamail/nsd %.2f   hamail/hickory %.2f\n", m, (n > 0 ? h/n : 0), (k > 0 ? h/k : 0) }'
+done
+awk -v h="$(q hamail.hits)" -v m="$(q hamail.misses)" \
+    'BEGIN { printf "hamail misses/hits %.2f (issue 12: at least 0.5)\n", (h > 0 ? m/h : 0) }'
