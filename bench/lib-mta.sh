@@ -353,7 +353,6 @@ listen = ["127.0.0.2$i:$hamail_dns_port"]
 
 [smtp]
 listen = ["127.0.0.2$i:$smtp_port"]
-submission_listen = ["127.0.0.2$i:1587"]
 hostname = "n$i.hamail.bench.invalid"
 mynetworks = ["127.0.0.0/8"]
 # No STARTTLS, as on the Postfix side (neither load client would use it).

@@ -15,6 +15,10 @@
 # for it and the children it had to exit (SIGKILL after that). Stopping an
 # instance that is not running is not an error.
 #
+# LMTP over a Unix socket: Dovecot's default listener, DIR/run/lmtp (mode
+# 0666, Dovecot's built-in `service lmtp { unix_listener lmtp }`), serves
+# the same LMTP as HOST:PORT; it exists once start has printed READY.
+#
 # Recipients: LMTP_USERS, space separated addresses (default
 # "box@lmtp.example other@lmtp.example"), are the only users; any other
 # recipient (e.g. nosuchuser@lmtp.example) is refused at RCPT TO with

@@ -19,10 +19,23 @@ struct Sink {
 
 impl Sink {
     fn start(listen: &str, dir: &Path, args: &[&str]) -> Sink {
+        Self::start_in(None, listen, dir, args)
+    }
+
+    /// `start`, inside the network namespace `netns` when there is one.
+    fn start_in(netns: Option<&str>, listen: &str, dir: &Path, args: &[&str]) -> Sink {
         let dir = dir.join(format!("sink-{}", listen.replace([':', '.'], "_")));
         std::fs::create_dir_all(&dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/mailsink.py");
-        let mut child = Command::new("python3")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
+        let mut child = cmd
             .arg(script)
             .args(["--listen", listen, "--dir"])
             .arg(&dir)
@@ -710,4 +723,292 @@ fn a_dead_relayhost_hands_mail_to_the_fallback_relay() {
     assert!(nodes[0].log_text().contains(&format!(
         "{id}: to=<someone@provider.example>, relay=127.0.0.72[127.0.0.72]:2627"
     )));
+}
+
+/// Two network namespaces joined by a veth pair, `a` at 10.213.X.1/30 and
+/// `b` at 10.213.X.2/30, loopback up in both: two hosts that can reach
+/// each other and nothing else. Removed when dropped (deleting a namespace
+/// deletes its end of the pair), also when the test fails.
+struct NetnsPair {
+    a: String,
+    b: String,
+    a_ip: String,
+    b_ip: String,
+}
+
+impl NetnsPair {
+    fn create() -> NetnsPair {
+        let pid = std::process::id();
+        let x = pid % 250;
+        let pair = NetnsPair {
+            a: format!("hamail-mx-{pid}"),
+            b: format!("hamail-far-{pid}"),
+            a_ip: format!("10.213.{x}.1"),
+            b_ip: format!("10.213.{x}.2"),
+        };
+        // Interface names: at most 15 bytes.
+        let (va, vb) = (format!("hma{pid}"), format!("hmb{pid}"));
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &pair.a]);
+        run(&["netns", "add", &pair.b]);
+        run(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        run(&["link", "set", &va, "netns", &pair.a]);
+        run(&["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, ip) in [(&pair.a, &va, &pair.a_ip), (&pair.b, &vb, &pair.b_ip)] {
+            run(&["-n", ns, "addr", "add", &format!("{ip}/30"), "dev", dev]);
+            run(&["-n", ns, "link", "set", dev, "up"]);
+            run(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // A veth pair created before its ends were moved.
+        let pid = std::process::id();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("hma{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A process started by the test; killed when dropped.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends one message from inside `netns` to `server` with Python's smtplib
+/// (the test process cannot reach a namespace's addresses); returns the
+/// queue id of the 250 reply.
+fn send_in(netns: &str, server: &str, from: &str, to: &str, subject: &str) -> String {
+    let (host, port) = server.rsplit_once(':').unwrap();
+    let script = format!(
+        "import smtplib\n\
+         s = smtplib.SMTP({host:?}, {port}, local_hostname='client.example', timeout=60)\n\
+         s.ehlo()\n\
+         s.mail({from:?})\n\
+         code, msg = s.rcpt({to:?})\n\
+         assert code == 250, (code, msg)\n\
+         code, msg = s.data(b'Subject: {subject}\\r\\nMessage-ID: <{subject}@client.example>\\r\\n\\r\\n{subject}\\r\\n')\n\
+         print(code, msg.decode())\n\
+         s.quit()\n"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "python3", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.starts_with("250"),
+        "send in {netns}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.split("queued as ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("not queued: {text}"))
+}
+
+/// A node whose SMTP listens on a wildcard address (`0.0.0.0:25`, as
+/// cluster/single-node.toml ships) delivers to an MX on port 25 of another
+/// host, and still refuses to deliver to its own address: "ourselves" is
+/// this host's interface addresses on the listener's port, not every
+/// address with that port. The node runs in a network namespace of its
+/// own, the MX in another, joined by a veth pair.
+#[test]
+fn a_wildcard_listener_delivers_to_a_remote_mx_on_port_25() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let net = NetnsPair::create();
+    let mx = Sink::start_in(Some(&net.b), &format!("{}:25", net.b_ip), d, &[]);
+
+    let node_dir = d.join("mx");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    // DNS, RPC and metrics on the namespace's own loopback; the CLI reaches
+    // the node through the admin socket in its data directory.
+    let node = Node::with_config_extra(
+        &node_dir,
+        "[smtp]\nlisten = [\"0.0.0.0:25\"]\n\n\
+         [delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+         maximal_backoff_time_secs = 2\nsmtp_connect_timeout_secs = 5\n",
+    );
+    let log = std::fs::File::create(&node.log).unwrap();
+    let mut serve = Spawned(
+        Command::new("ip")
+            .args(["netns", "exec", &net.a])
+            .arg(hamail_tests::hamail_bin())
+            .arg("--config")
+            .arg(node.config.as_ref().unwrap())
+            .arg("serve")
+            .current_dir(&node.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ip netns exec hamail serve"),
+    );
+    wait_for("hamail serve in its namespace to have a leader", || {
+        if let Ok(Some(st)) = serve.0.try_wait() {
+            panic!("hamail serve exited ({st}): {}", node.log_text());
+        }
+        node.status()?["raft"]["leader"].as_u64().map(|_| ())
+    });
+    for (domain, ip) in [("far.example", &net.b_ip), ("self.example", &net.a_ip)] {
+        node.ok(&["domain", "add", domain, "--kind", "relay"]);
+        node.ok(&["transport", "set", domain, &format!("smtp:[{ip}]:25")]);
+        node.ok(&["recipient", "add", &format!("u@{domain}")]);
+    }
+    let far = send_in(
+        &net.a,
+        "127.0.0.1:25",
+        "s@client.example",
+        "u@far.example",
+        "to-far",
+    );
+    let own = send_in(
+        &net.a,
+        "127.0.0.1:25",
+        "s@client.example",
+        "u@self.example",
+        "to-self",
+    );
+
+    wait_for("the MX on port 25 to get the message", || {
+        let log = node.log_text();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains(&format!("{far}: to=")) && l.contains("loops back to myself"))
+        {
+            panic!("the remote MX was taken for this node: {l}");
+        }
+        (mx.count() == 1).then_some(())
+    });
+    assert_eq!(
+        hamail_id(&mx.messages()[0].1).as_deref(),
+        Some(far.as_str())
+    );
+    wait_for("the delivered message to leave the queue", || {
+        states(&node, &far).is_none().then_some(())
+    });
+    // Its own veth address on 25 is itself: deferred, never sent.
+    let loop_line = format!("{own}: to=<u@self.example>, relay=none");
+    wait_for("the mail to itself to be deferred as a loop", || {
+        node.log_text()
+            .lines()
+            .any(|l| {
+                l.contains(&loop_line)
+                    && l.contains("status=deferred")
+                    && l.contains(&format!("mail for {} loops back to myself", net.a_ip))
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        states(&node, &own).as_deref(),
+        Some(&["deferred".to_string()][..])
+    );
+    assert_eq!(mx.count(), 1);
+    drop(serve);
+    drop(mx);
+}
+
+/// Dovecot's default LMTP listener, its Unix socket (`lmtp:unix:/path`):
+/// one status per recipient, as over TCP.
+#[test]
+fn dovecot_lmtp_over_a_unix_socket_takes_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Dovecot delivers as an unprivileged user.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dovecot = Peer::start(
+        "dovecot-lmtp.sh",
+        &d.join("dc"),
+        &["127.0.0.53:18001"],
+        &[("LMTP_USERS", "box@lmtp.example other@lmtp.example")],
+    );
+    let socket = dovecot.dir.join("run/lmtp");
+    assert!(
+        socket.exists(),
+        "Dovecot's LMTP socket {}",
+        socket.display()
+    );
+    let rpc = 18010;
+    let extra = "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+                 maximal_backoff_time_secs = 2\nsmtp_connect_timeout_secs = 5\n";
+    let nodes = form_cluster(d, rpc, 1, extra);
+    let n = &nodes[0];
+    let mailboxes = d.join("mail");
+    for (domain, transport) in [
+        ("lmtp.example", format!("lmtp:unix:{}", socket.display())),
+        ("client.example", format!("maildir:{}", mailboxes.display())),
+    ] {
+        n.ok(&["domain", "add", domain, "--kind", "local"]);
+        n.ok(&["transport", "set", domain, &transport]);
+    }
+    for r in [
+        "box@lmtp.example",
+        "other@lmtp.example",
+        "nosuchuser@lmtp.example",
+        "sender@client.example",
+    ] {
+        n.ok(&["recipient", "add", r]);
+    }
+    let smtp = Node::smtp_addr(1, rpc);
+    let id = send(
+        &smtp,
+        "sender@client.example",
+        &[
+            "box@lmtp.example",
+            "nosuchuser@lmtp.example",
+            "other@lmtp.example",
+        ],
+        "to-dovecot-unix",
+    );
+    wait_for("the queue to empty", || {
+        let log = n.log_text();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains(&format!("{id}: to=")) && l.contains("status=deferred"))
+        {
+            panic!("deferred: {l}");
+        }
+        (queue_len(n) == 0).then_some(())
+    });
+
+    for user in ["box", "other"] {
+        let got = maildir(&dovecot.dir.join(format!("mail/lmtp.example/{user}")));
+        assert_eq!(got.len(), 1, "{user}");
+        assert!(got[0].contains(&format!("id {id}")));
+    }
+    // Dovecot refused nosuchuser: one DSN, for that recipient only.
+    let dsns = maildir(&mailboxes.join("client.example/sender"));
+    assert_eq!(dsns.len(), 1, "{dsns:#?}");
+    assert!(dsns[0].contains("Final-Recipient: rfc822; nosuchuser@lmtp.example"));
+    assert!(dsns[0].contains("Status: 5.1.1"));
+    assert!(
+        n.log_text().contains(&format!(
+            "{id}: to=<box@lmtp.example>, relay=n1[{}]",
+            socket.display()
+        )),
+        "{}",
+        n.log_text()
+    );
 }

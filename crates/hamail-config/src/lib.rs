@@ -181,8 +181,9 @@ impl Default for DnsSection {
 pub struct SmtpSection {
     /// Addresses to accept mail on; production uses port 25.
     pub listen: Vec<SocketAddr>,
-    /// Submission listeners (587 in production); reserved for the
-    /// submission service, not served yet.
+    /// Submission listeners (587 in production). The submission service
+    /// is not built yet: until it is, any address here is refused (a
+    /// listener that silently serves nothing would be worse). Empty.
     pub submission_listen: Vec<SocketAddr>,
     /// `myhostname`: the name in the banner, EHLO reply and Received
     /// headers. Empty: the node name.
@@ -219,7 +220,7 @@ impl Default for SmtpSection {
     fn default() -> Self {
         SmtpSection {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
-            submission_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1587))],
+            submission_listen: Vec::new(),
             hostname: String::new(),
             mynetworks: vec!["127.0.0.1/32".into(), "::1/128".into()],
             message_size_limit: 10 << 20,
@@ -588,6 +589,15 @@ impl Config {
             }
         }
         let m = &self.smtp;
+        if let Some(a) = m.submission_listen.first() {
+            return Err(bad(
+                "smtp.submission_listen",
+                format!(
+                    "{a}: submission (port 587, SMTP AUTH for mail clients) is not served by this version; \
+                     remove the key or leave it empty (port 25 is smtp.listen)"
+                ),
+            ));
+        }
         for n in &m.mynetworks {
             parse_network(n).map_err(|e| bad("smtp.mynetworks", e))?;
         }
@@ -688,6 +698,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("node.name"), "{msg}");
+    }
+
+    #[test]
+    fn a_submission_listener_is_refused_until_submission_is_served() {
+        let msg = Config::parse("[smtp]\nsubmission_listen = [\"0.0.0.0:587\"]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("smtp.submission_listen")
+                && msg.contains("0.0.0.0:587")
+                && msg.contains("not served"),
+            "{msg}"
+        );
+        let cfg = Config::parse("[smtp]\nsubmission_listen = []\n", "t.toml").unwrap();
+        assert!(cfg.smtp.submission_listen.is_empty());
     }
 
     #[test]

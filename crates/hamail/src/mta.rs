@@ -12,7 +12,7 @@ use anyhow::Context;
 use hamail_config::Config;
 use hamail_raft::{Cluster, ProposeError, RaftNode};
 use hamail_smtp::outbound::client::{ClientOptions, TlsLevel};
-use hamail_smtp::outbound::{DeliverySettings, QueueStore};
+use hamail_smtp::outbound::{DeliverySettings, QueueStore, route};
 use hamail_smtp::{Backend, EnqueueError, Settings, Smtpd, Tables};
 use hamail_store::Store;
 use hamail_types::{
@@ -25,6 +25,10 @@ pub struct ClusterBackend {
     store: Store,
     /// This node's own SMTP listen addresses (never a delivery target).
     own_listen: Vec<SocketAddr>,
+    /// The host's interface addresses and when they were read: a wildcard
+    /// listener is "us" on each of them, and they change (DHCP, failover
+    /// addresses), so they are read again after `INTERFACES_TTL`.
+    interfaces: std::sync::Mutex<Option<(std::time::Instant, Vec<std::net::IpAddr>)>>,
     /// Set once this node is in a cluster (at start, or after init/join).
     node: OnceLock<Arc<RaftNode>>,
     cluster: OnceLock<Arc<Cluster>>,
@@ -37,6 +41,46 @@ impl ClusterBackend {
         }
         let n = self.cluster.get()?.node_now()?;
         Some(self.node.get_or_init(|| n))
+    }
+}
+
+/// How long the interface addresses read for the loop check are used.
+const INTERFACES_TTL: Duration = Duration::from_secs(2);
+
+impl ClusterBackend {
+    /// The addresses of this host's interfaces (at most `INTERFACES_TTL`
+    /// old). If they cannot be read: the last ones read (or, if none ever
+    /// were, the loopback addresses), with a warning.
+    fn interface_ips(&self) -> Vec<std::net::IpAddr> {
+        let mut cached = self.interfaces.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ips)) = cached.as_ref()
+            && at.elapsed() < INTERFACES_TTL
+        {
+            return ips.clone();
+        }
+        match if_addrs::get_if_addrs() {
+            Ok(list) => {
+                let ips: Vec<std::net::IpAddr> = list.iter().map(|i| i.ip()).collect();
+                *cached = Some((std::time::Instant::now(), ips.clone()));
+                ips
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list this host's interface addresses ({e}): the outbound loop check of a wildcard smtp.listen uses the last known ones"
+                );
+                let ips = match cached.take() {
+                    Some((_, ips)) => ips,
+                    None => vec![
+                        std::net::Ipv4Addr::LOCALHOST.into(),
+                        std::net::Ipv6Addr::LOCALHOST.into(),
+                    ],
+                };
+                // Tried again (and warned about) after the TTL, not on
+                // every delivery.
+                *cached = Some((std::time::Instant::now(), ips.clone()));
+                ips
+            }
+        }
     }
 }
 
@@ -140,16 +184,24 @@ impl QueueStore for ClusterBackend {
     }
 
     fn own_smtp_addrs(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self.own_listen.clone();
-        if let Ok(nodes) = self.store.nodes() {
-            out.extend(
+        let peers: Vec<SocketAddr> = self
+            .store
+            .nodes()
+            .map(|nodes| {
                 nodes
                     .iter()
                     .filter(|(_, n)| !n.removed)
-                    .filter_map(|(_, n)| n.info.smtp_addr.parse::<SocketAddr>().ok()),
-            );
-        }
-        out
+                    .filter_map(|(_, n)| route::peer_smtp_addr(&n.info.smtp_addr, &n.info.rpc_addr))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let wildcard = self.own_listen.iter().any(|a| a.ip().is_unspecified());
+        let interfaces = if wildcard {
+            self.interface_ips()
+        } else {
+            Vec::new()
+        };
+        route::own_addresses(&self.own_listen, &interfaces, &peers)
     }
 
     async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, String> {
@@ -378,6 +430,7 @@ pub fn smtpds(
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect(),
+        interfaces: std::sync::Mutex::new(None),
         node: OnceLock::new(),
         cluster: OnceLock::new(),
     });

@@ -4,12 +4,13 @@
 //! caller commits it and logs it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hamail_types::MailAddress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::IoStream;
 
@@ -265,7 +266,7 @@ pub struct Pool {
     idle: std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Idle>>>,
 }
 
-type PoolKey = (SocketAddr, TlsLevel, Option<String>, bool);
+type PoolKey = (ServerAddr, TlsLevel, Option<String>, bool);
 
 struct Idle {
     wire: Wire,
@@ -277,7 +278,7 @@ const POOL_IDLE: Duration = Duration::from_secs(2);
 const POOL_PER_SERVER: usize = 20;
 
 impl Pool {
-    fn key(addr: SocketAddr, opts: &ClientOptions) -> PoolKey {
+    fn key(addr: ServerAddr, opts: &ClientOptions) -> PoolKey {
         (
             addr,
             opts.tls,
@@ -315,16 +316,68 @@ impl Pool {
     }
 }
 
+/// Where a server listens: a TCP address (SMTP, LMTP) or a Unix socket
+/// (LMTP, e.g. Dovecot's default listener).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for ServerAddr {
+    fn from(a: SocketAddr) -> Self {
+        ServerAddr::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => write!(f, "{a}"),
+            ServerAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A new connection to `addr` (called `host`), within the connect timeout.
+async fn connect(
+    addr: &ServerAddr,
+    host: &str,
+    opts: &ClientOptions,
+) -> Result<Box<dyn IoStream>, SessionError> {
+    let connected = tokio::time::timeout(opts.connect_timeout, async {
+        Ok::<Box<dyn IoStream>, std::io::Error>(match addr {
+            ServerAddr::Tcp(a) => {
+                let s = TcpStream::connect(a).await?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            ServerAddr::Unix(p) => Box::new(UnixStream::connect(p).await?),
+        })
+    })
+    .await;
+    match connected {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(e)) => Err(SessionError::temp(format!(
+            "connect to {host}[{addr}]: {e}"
+        ))),
+        Err(_) => Err(SessionError::temp(format!(
+            "connect to {host}[{addr}]: timed out"
+        ))),
+    }
+}
+
 /// One transaction with the server at `addr` (called `host`), over a kept
 /// connection when there is one.
 pub async fn deliver(
-    addr: SocketAddr,
+    addr: impl Into<ServerAddr>,
     host: &str,
     opts: &ClientOptions,
     env: &Envelope<'_>,
     pool: &Pool,
 ) -> Result<Vec<RcptOutcome>, SessionError> {
-    let key = Pool::key(addr, opts);
+    let addr = addr.into();
+    let key = Pool::key(addr.clone(), opts);
     if let Some(mut idle) = pool.take(&key) {
         match transaction(&mut idle.wire, host, opts, env, &idle.ehlo).await {
             Ok(out) => {
@@ -338,22 +391,8 @@ pub async fn deliver(
             Err(e) => return Err(e),
         }
     }
-    let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(SessionError::temp(format!(
-                "connect to {host}[{addr}]: {e}"
-            )));
-        }
-        Err(_) => {
-            return Err(SessionError::temp(format!(
-                "connect to {host}[{addr}]: timed out"
-            )));
-        }
-    };
-    let _ = stream.set_nodelay(true);
     let mut w = Wire {
-        io: Box::new(stream),
+        io: connect(&addr, host, opts).await?,
         buf: Vec::new(),
         timeout: opts.command_timeout,
     };

@@ -392,13 +392,42 @@ async fn deliver_group<Q: QueueStore>(
                 return deliver_maildir(s, entry, body, &PathBuf::from(path), rcpts).await;
             }
             TransportSpec::LmtpUnix { path } => {
-                last = (
-                    format!(
-                        "LMTP over the Unix socket {path} is not supported; use lmtp:HOST:PORT"
-                    ),
-                    false,
-                    "none".into(),
-                );
+                // A local socket: no TLS (no name to verify, nothing on
+                // the wire) and no SASL. Named like Postfix: host[socket].
+                let host = format!("{}[{path}]", s.hostname);
+                let mut opts = s.client.clone();
+                opts.lmtp = true;
+                opts.helo_name = s.hostname.clone();
+                opts.tls = TlsLevel::None;
+                opts.sasl = None;
+                let env = Envelope {
+                    sender: entry.sender.as_ref(),
+                    recipients: rcpts,
+                    body,
+                    eight_bit: entry.eight_bit,
+                    smtputf8: entry.smtputf8,
+                };
+                let server = client::ServerAddr::Unix(PathBuf::from(path));
+                match client::deliver(server, &host, &opts, &env, pool).await {
+                    Ok(outcomes) => {
+                        return rcpts
+                            .iter()
+                            .cloned()
+                            .zip(outcomes)
+                            .map(|(rcpt, outcome)| Tried {
+                                rcpt,
+                                outcome,
+                                relay: host.clone(),
+                            })
+                            .collect();
+                    }
+                    Err(e) => {
+                        last = (e.reason, e.permanent, host);
+                        if !e.try_next {
+                            return fail_all(rcpts, &last);
+                        }
+                    }
+                }
             }
             TransportSpec::Smtp { .. } | TransportSpec::Lmtp { .. } => {
                 let lmtp = matches!(spec, TransportSpec::Lmtp { .. });

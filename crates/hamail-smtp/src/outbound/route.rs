@@ -100,8 +100,74 @@ async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, 
     }
 }
 
+/// This node's own SMTP addresses, for the loop check: each listener, with
+/// a wildcard listener (`0.0.0.0`, `::`) standing for every address of this
+/// host's interfaces (`interface_ips`) on its port — never for "any address
+/// with that port", which would make every remote MX on 25 "ourselves" —
+/// and then the peers' advertised SMTP addresses (see `peer_smtp_addr`).
+/// A `::` listener takes IPv4 addresses too (Linux binds it dual-stack).
+pub fn own_addresses(
+    listeners: &[SocketAddr],
+    interface_ips: &[IpAddr],
+    peers: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut add = |a: SocketAddr| {
+        let a = SocketAddr::new(a.ip().to_canonical(), a.port());
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    };
+    for l in listeners {
+        match l.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => interface_ips
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .filter(IpAddr::is_ipv4)
+                .for_each(|ip| add(SocketAddr::new(ip, l.port()))),
+            IpAddr::V6(v6) if v6.is_unspecified() => interface_ips
+                .iter()
+                .for_each(|ip| add(SocketAddr::new(*ip, l.port()))),
+            _ => add(*l),
+        }
+    }
+    // A peer's wildcard says nothing about where the peer is.
+    peers
+        .iter()
+        .filter(|p| !p.ip().is_unspecified())
+        .for_each(|p| add(*p));
+    out
+}
+
+/// A peer's SMTP address as it advertises it (`smtp_addr`, its first SMTP
+/// listener); when that is a wildcard, the IP of its cluster RPC address
+/// (`rpc_addr`, where the cluster reaches it) on the SMTP port. None when
+/// neither names an address.
+pub fn peer_smtp_addr(smtp_addr: &str, rpc_addr: &str) -> Option<SocketAddr> {
+    let smtp: SocketAddr = smtp_addr.parse().ok()?;
+    if !smtp.ip().is_unspecified() {
+        return Some(smtp);
+    }
+    let rpc: SocketAddr = rpc_addr.parse().ok()?;
+    (!rpc.ip().is_unspecified()).then(|| SocketAddr::new(rpc.ip(), smtp.port()))
+}
+
+/// Delivering to `addr` reaches one of `ourselves` (from `own_addresses`):
+/// the same IP and port. A connection to the unspecified address goes to
+/// this host's loopback, and is judged as one to 127.0.0.1 (or `::1`).
+pub fn is_us(addr: &SocketAddr, ourselves: &[SocketAddr]) -> bool {
+    let ip = match addr.ip().to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    ourselves
+        .iter()
+        .any(|o| o.port() == addr.port() && o.ip().to_canonical() == ip)
+}
+
 /// The servers for an SMTP or LMTP transport, best first, without any of
-/// `ourselves` (the cluster's own MX addresses): MX hosts at or below our
+/// `ourselves` (the cluster's own MX addresses, from `own_addresses`): MX hosts at or below our
 /// own preference are dropped, as Postfix does, and if nothing is left the
 /// mail "loops back to myself".
 pub async fn candidates(
@@ -123,11 +189,7 @@ pub async fn candidates(
             )));
         }
     };
-    let is_us = |a: &SocketAddr| {
-        ourselves
-            .iter()
-            .any(|o| o.port() == a.port() && (o.ip() == a.ip() || (o.ip().is_unspecified())))
-    };
+    let is_us = |a: &SocketAddr| is_us(a, ourselves);
     let name = match host {
         NextHop::Ip(ip) => {
             let addr = SocketAddr::new(*ip, port);
@@ -291,6 +353,68 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_us_only_on_this_hosts_addresses() {
+        let ifaces = [
+            ip("127.0.0.1"),
+            ip("10.213.7.1"),
+            ip("::1"),
+            ip("2001:db8::5"),
+        ];
+        let peers = [sa("192.0.2.20:25"), sa("0.0.0.0:25")];
+        let ours = own_addresses(&[sa("0.0.0.0:25")], &ifaces, &peers);
+        // Our interfaces on the listener's port, and the peer.
+        assert!(is_us(&sa("10.213.7.1:25"), &ours));
+        assert!(is_us(&sa("127.0.0.1:25"), &ours));
+        assert!(is_us(&sa("192.0.2.20:25"), &ours));
+        assert!(is_us(&sa("[::ffff:10.213.7.1]:25"), &ours), "v4-mapped");
+        assert!(is_us(&sa("0.0.0.0:25"), &ours), "0.0.0.0 is loopback");
+        // A remote MX on the same port is not us (the bug: every :25 was).
+        assert!(!is_us(&sa("10.213.7.2:25"), &ours));
+        assert!(!is_us(&sa("198.51.100.1:25"), &ours));
+        // Nor our address on another port, nor v6 under a v4 wildcard,
+        // nor anything because a peer listens on a wildcard.
+        assert!(!is_us(&sa("10.213.7.1:2525"), &ours));
+        assert!(!is_us(&sa("[2001:db8::5]:25"), &ours));
+        assert!(!is_us(&sa("[::]:25"), &ours));
+
+        // `::` is dual-stack: every interface address.
+        let ours = own_addresses(&[sa("[::]:25")], &ifaces, &[]);
+        assert!(is_us(&sa("[2001:db8::5]:25"), &ours));
+        assert!(is_us(&sa("10.213.7.1:25"), &ours));
+        assert!(is_us(&sa("[::]:25"), &ours));
+        assert!(!is_us(&sa("[2001:db8::6]:25"), &ours));
+
+        // A specific listener is itself only.
+        let ours = own_addresses(&[sa("127.0.0.11:2525")], &ifaces, &[]);
+        assert_eq!(ours, vec![sa("127.0.0.11:2525")]);
+        assert!(!is_us(&sa("127.0.0.12:2525"), &ours));
+        assert!(!is_us(&sa("127.0.0.1:2525"), &ours));
+    }
+
+    #[test]
+    fn a_peer_on_a_wildcard_is_known_by_its_cluster_address() {
+        assert_eq!(
+            peer_smtp_addr("127.0.0.12:2525", "127.0.0.12:7400"),
+            Some(sa("127.0.0.12:2525"))
+        );
+        assert_eq!(
+            peer_smtp_addr("0.0.0.0:25", "192.0.2.7:7400"),
+            Some(sa("192.0.2.7:25"))
+        );
+        assert_eq!(peer_smtp_addr("0.0.0.0:25", "node2.example:7400"), None);
+        assert_eq!(peer_smtp_addr("[::]:25", "0.0.0.0:7400"), None);
+        assert_eq!(peer_smtp_addr("", "192.0.2.7:7400"), None);
     }
 
     #[test]
