@@ -5,5 +5,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 . "$here/scripts/deps.sh"
 cd "$here"
-cargo build --quiet --workspace --all-targets
-exec "$CARGO_TARGET_DIR/debug/cluster-bench" "${1:-5}"
+release_build
+echo "bench/cluster: release profile"
+exec "$CARGO_TARGET_DIR/release/cluster-bench" "${1:-5}"

@@ -14,8 +14,9 @@ if ! command -v postmap >/dev/null 2>&1; then
     apt_install postfix
 fi
 
-(cd "$here" && cargo build --quiet --workspace --all-targets)
-bin="$CARGO_TARGET_DIR/debug/hamail"
+release_build
+bin="$CARGO_TARGET_DIR/release/hamail"
+echo "bench/import: release profile ($bin)"
 
 work="$(mktemp -d /var/tmp/hamail-bench-import.XXXXXX)"
 pid=""

@@ -72,15 +72,19 @@ mta_hamail_binary() {
     if [ -z "$bin" ]; then
         # shellcheck source=scripts/deps.sh
         . "$here/scripts/deps.sh"   # clang for RocksDB; CARGO_TARGET_DIR
-        # The whole workspace, as the tests build it: a narrower build
-        # changes features and rebuilds RocksDB.
-        (cd "$here" && cargo build --quiet --workspace --all-targets)
-        bin="$CARGO_TARGET_DIR/debug/hamail"
+        # The optimized build scripts/run serves (release profile).
+        release_build
+        bin="$CARGO_TARGET_DIR/release/hamail"
     fi
     if [ ! -x "$bin" ]; then
         echo "$bench: no hamail binary at $bin" >&2
         exit 1
     fi
+    case "$bin" in
+        */release/*) echo "$bench: hamail $bin (release profile)" ;;
+        */debug/*) echo "$bench: hamail $bin (dev profile: figures are not comparable)" ;;
+        *) echo "$bench: hamail $bin" ;;
+    esac
 }
 
 # ---------------------------------------------------------------- work dir, cleanup

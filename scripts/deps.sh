@@ -16,3 +16,11 @@ fi
 # The shared target directory of .cargo/config.toml, also when a script runs
 # from another working directory (cargo looks for its config from there).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hamail-target}"
+
+# The optimized build: what scripts/run serves and what the benches measure.
+# Every binary of the workspace in one build, so that the run command and
+# the benches share it (a narrower set of packages can change features and
+# rebuild RocksDB). Binaries land in $CARGO_TARGET_DIR/release.
+release_build() {
+    (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release --quiet --workspace --bins)
+}

@@ -346,16 +346,33 @@ fn unusable_data_dir_and_busy_port_are_named() {
     );
 }
 
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap()
+        & 0o777
+}
+
 #[test]
 fn malformed_admin_requests_get_errors_and_the_connection_survives() {
     let dir = tempfile::tempdir().unwrap();
+    // An operator made the data directory world-readable: serve makes it
+    // private, whoever created it.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut node = Node::with_config(dir.path());
     node.start();
-    let sock = dir.path().join("data").join("admin.sock");
-    let mode = std::fs::metadata(&sock)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
-        .unwrap();
-    assert_eq!(mode & 0o777, 0o600, "admin socket mode");
+    assert_eq!(mode_of(&data), 0o700, "data directory mode");
+    let sock = data.join("admin.sock");
+    assert_eq!(mode_of(&sock), 0o600, "admin socket mode");
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".admin-bind"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
     let stream = UnixStream::connect(&sock).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;

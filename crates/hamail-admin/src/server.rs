@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_lite::StreamExt;
@@ -48,9 +48,28 @@ pub fn serve(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_err(e)),
     }
-    let listener = UnixListener::bind(&path).map_err(listen_err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    let listener = bind_private(&path).map_err(listen_err)?;
     Ok(tokio::spawn(accept_loop(listener, ctx, cancel)))
+}
+
+/// Binds the socket so that it is never reachable with a looser mode than
+/// 0600: it is bound inside a fresh 0700 directory next to `path`, made 0600
+/// there, and renamed into place (a process-wide umask would race the
+/// other threads creating files).
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".admin-bind.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let tmp = staging.join("admin.sock");
+    let bound = UnixListener::bind(&tmp).and_then(|l| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 async fn accept_loop(listener: UnixListener, ctx: Arc<AdminContext>, cancel: CancellationToken) {
@@ -106,10 +125,18 @@ async fn connection(stream: UnixStream, ctx: Arc<AdminContext>, cancel: Cancella
     }
 }
 
+/// How long one reply may take to write: a client that stops reading does
+/// not hold its connection forever (shutdown aborts it in any case).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &AdminResponse) -> std::io::Result<()> {
     let mut buf = serde_json::to_vec(r).map_err(std::io::Error::other)?;
     buf.push(b'\n');
-    w.write_all(&buf).await
+    tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "admin client does not read")
+        })?
 }
 
 /// Proposes commands and turns their outcomes into a reply: an error if any

@@ -1,7 +1,9 @@
 //! The raft log on hamail-store. Appends go to RocksDB at once (readable) and
-//! a single flusher thread makes them durable: it takes every append that is
-//! waiting, syncs the WAL once, and reports them all flushed, in order. That
-//! is where concurrent writers share an fsync.
+//! a single flusher thread makes them durable: it syncs the WAL and reports
+//! the appends waiting for it flushed, in order. openraft 0.9 waits for each
+//! flush before it appends again, so in practice one append waits at a time:
+//! writers share an fsync by sharing a raft entry (the proposer in node.rs),
+//! not here. The thread keeps the fsync off openraft's runtime.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

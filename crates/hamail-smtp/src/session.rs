@@ -58,6 +58,9 @@ struct Conn {
     rpos: usize,
     out: Vec<u8>,
     cancel: CancellationToken,
+    /// The session's smtpd_timeout: how long a read of a command or a write
+    /// of replies may take.
+    timeout: Duration,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -75,13 +78,36 @@ impl Conn {
         }
     }
 
+    /// Writes pending replies by the write deadline, or ends the session on
+    /// shutdown: a client that pipelines and never reads its replies fills
+    /// the socket buffer and must not hold the session (or shutdown) forever.
     async fn flush(&mut self) -> Step<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await.map_err(End::Io)?;
-            self.io.flush().await.map_err(End::Io)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
+        let deadline = Instant::now() + self.timeout;
+        let Conn {
+            io, out, cancel, ..
+        } = self;
+        tokio::select! {
+            r = write_out(io, out) => r.map_err(End::Io)?,
+            _ = tokio::time::sleep_until(deadline) => return Err(End::Timeout),
+            _ = cancel.cancelled() => return Err(End::Shutdown),
+        }
+        self.out.clear();
         Ok(())
+    }
+
+    /// The last words of a session (a 421 on timeout or shutdown), bounded by
+    /// `limit` but not by the shutdown token, so they get a chance to leave.
+    async fn flush_final(&mut self, limit: Duration) {
+        let Conn { io, out, .. } = self;
+        let _ = tokio::time::timeout(limit, async {
+            let _ = write_out(io, out).await;
+            let _ = io.shutdown().await;
+        })
+        .await;
+        self.out.clear();
     }
 
     /// Writes pending replies, then reads more input (by `deadline`).
@@ -124,6 +150,11 @@ impl Conn {
         self.out.extend_from_slice(text.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
+}
+
+async fn write_out(io: &mut Box<dyn IoStream>, out: &[u8]) -> std::io::Result<()> {
+    io.write_all(out).await?;
+    io.flush().await
 }
 
 /// A command line as read.
@@ -176,9 +207,6 @@ pub(crate) struct Session<B: Backend> {
     txn: Option<Txn>,
     errors: u32,
     counts: Counts,
-    /// Under stress (many connections): shorter timeouts, like Postfix's
-    /// `smtpd_timeout = ${stress?10}${stress:300}`.
-    stressed: bool,
 }
 
 fn unix_now() -> Duration {
@@ -205,6 +233,13 @@ impl<B: Backend> Session<B> {
         stressed: bool,
     ) -> Self {
         let trusted = crate::policy::in_networks(&settings.mynetworks, peer.ip());
+        // Under stress, short timeouts like Postfix's
+        // `smtpd_timeout = ${stress?10}${stress:300}`.
+        let timeout = if stressed {
+            settings.smtpd_timeout.min(Duration::from_secs(10))
+        } else {
+            settings.smtpd_timeout
+        };
         Session {
             backend,
             settings,
@@ -216,6 +251,7 @@ impl<B: Backend> Session<B> {
                 rpos: 0,
                 out: Vec::with_capacity(1024),
                 cancel,
+                timeout,
             },
             helo: None,
             esmtp: false,
@@ -223,7 +259,6 @@ impl<B: Backend> Session<B> {
             txn: None,
             errors: 0,
             counts: Counts::default(),
-            stressed,
         }
     }
 
@@ -232,11 +267,7 @@ impl<B: Backend> Session<B> {
     }
 
     fn idle_timeout(&self) -> Duration {
-        if self.stressed {
-            self.settings.smtpd_timeout.min(Duration::from_secs(10))
-        } else {
-            self.settings.smtpd_timeout
-        }
+        self.conn.timeout
     }
 
     /// Runs the session to its end and closes the stream.
@@ -268,11 +299,14 @@ impl<B: Backend> Session<B> {
         if matches!(end, Err(End::Closed)) {
             tracing::info!(target: "postfix/smtpd", "lost connection after {} from {client}", self.last_state());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = self.conn.flush().await;
-            let _ = self.conn.io.shutdown().await;
-        })
-        .await;
+        // On shutdown the last 421 gets a second, so that SIGTERM finishes
+        // promptly however many clients do not read.
+        let limit = if self.conn.cancel.is_cancelled() {
+            Duration::from_secs(1)
+        } else {
+            self.conn.timeout.min(Duration::from_secs(5))
+        };
+        self.conn.flush_final(limit).await;
         let c = &self.counts;
         let mut parts = Vec::new();
         for (name, n) in [
@@ -736,7 +770,8 @@ impl<B: Backend> Session<B> {
             .as_ref()
             .and_then(|t| t.bdat.as_ref())
             .map_or(0, |b| b.len());
-        let keep = allowed.is_ok() && have + size <= limit;
+        // A client chooses `size` (up to u64::MAX): never add it unchecked.
+        let keep = allowed.is_ok() && have.checked_add(size).is_some_and(|t| t <= limit);
         let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });
         let mut left = size;
         let total_deadline = Instant::now() + self.settings.smtpd_data_time_limit;

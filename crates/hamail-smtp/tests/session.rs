@@ -72,22 +72,166 @@ impl Client {
     }
 }
 
-fn start(fake: Arc<Fake>) -> Client {
-    let (ours, theirs) = tokio::io::duplex(1 << 16);
+fn test_settings() -> Settings {
     let mut settings = Settings::with_defaults("mx.test");
     settings.message_size_limit = 4096;
-    tokio::spawn(serve_stream(
+    settings
+}
+
+fn start(fake: Arc<Fake>) -> Client {
+    start_with(fake, test_settings(), CancellationToken::new()).0
+}
+
+/// A session over a pipe; its task's handle tells whether it ended (and
+/// whether it panicked).
+fn start_with(
+    fake: Arc<Fake>,
+    settings: Settings,
+    cancel: CancellationToken,
+) -> (Client, tokio::task::JoinHandle<()>) {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let session = tokio::spawn(serve_stream(
         fake,
         Arc::new(settings),
         Box::new(theirs),
         "192.0.2.9:40000".parse().unwrap(),
-        CancellationToken::new(),
+        cancel,
     ));
     let (r, w) = tokio::io::split(ours);
-    Client {
-        r: BufReader::new(r),
-        w,
+    (
+        Client {
+            r: BufReader::new(r),
+            w,
+        },
+        session,
+    )
+}
+
+/// Generous bound for a session to end: a test that hangs here has found a
+/// session that outlives its deadlines.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The numbers a client may write, at their edges (4096 is the size limit).
+const EDGES: [&str; 11] = [
+    "0",
+    "1",
+    "4091",
+    "4096",
+    "4097",
+    "2147483648",
+    "9223372036854775808",
+    "18446744073709551614",
+    "18446744073709551615",
+    "18446744073709551616",
+    "99999999999999999999999999",
+];
+
+#[tokio::test]
+async fn bdat_sizes_at_their_edges_never_panic_or_overflow() {
+    for size in EDGES {
+        let fake = Arc::new(Fake::default());
+        let (mut c, session) = start_with(fake.clone(), test_settings(), CancellationToken::new());
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        c.cmd("MAIL FROM:<>").await;
+        c.cmd("RCPT TO:<user@example.jp>").await;
+        let r = c.cmd("BDAT 5\r\nhello").await;
+        assert!(r.starts_with("250"), "first chunk: {r}");
+        c.w.write_all(format!("BDAT {size} LAST\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Send the chunk when it is small enough to send; a huge announced
+        // chunk is cut short by closing the connection.
+        let n: u64 = size.parse().unwrap_or(u64::MAX);
+        if n <= 4097 {
+            let chunk = vec![b'x'; n as usize];
+            c.w.write_all(&chunk).await.unwrap();
+            let r = c.reply().await;
+            let want = if n + 5 <= 4096 { "250" } else { "552 5.3.4" };
+            assert!(r.starts_with(want), "BDAT {size}: {r}");
+        } else {
+            c.w.write_all(b"xxxx").await.unwrap();
+        }
+        drop(c);
+        let ended = tokio::time::timeout(PATIENCE, session).await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "BDAT {size}: the session panicked or hung: {ended:?}"
+        );
+        let queued = fake.queued.lock().unwrap().len();
+        assert_eq!(queued, usize::from(n + 5 <= 4096), "BDAT {size}");
     }
+}
+
+#[tokio::test]
+async fn mail_size_at_its_edges_is_answered_never_panics() {
+    for size in EDGES {
+        let fake = Arc::new(Fake::default());
+        let (mut c, session) = start_with(fake, test_settings(), CancellationToken::new());
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        let r = c.cmd(&format!("MAIL FROM:<a@b.example> SIZE={size}")).await;
+        let fits = size.parse::<u64>().is_ok_and(|n| n <= 4096);
+        let want = if fits { "250" } else { "5" };
+        assert!(r.starts_with(want), "SIZE={size}: {r}");
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        drop(c);
+        let ended = tokio::time::timeout(PATIENCE, session).await;
+        assert!(matches!(ended, Ok(Ok(()))), "SIZE={size}: {ended:?}");
+    }
+}
+
+/// A client that pipelines commands and never reads a reply: the session's
+/// writes block once the pipe is full.
+fn flood_without_reading(mut w: tokio::io::WriteHalf<DuplexStream>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let lines = "NOOP\r\n".repeat(1000);
+        for _ in 0..1000 {
+            if w.write_all(lines.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_at_the_timeout() {
+    let mut settings = test_settings();
+    settings.smtpd_timeout = std::time::Duration::from_secs(1);
+    let (c, session) = start_with(
+        Arc::new(Fake::default()),
+        settings,
+        CancellationToken::new(),
+    );
+    let Client { r, w } = c;
+    let flood = flood_without_reading(w);
+    let ended = tokio::time::timeout(PATIENCE, session).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the session outlived its timeout: {ended:?}"
+    );
+    drop(r);
+    flood.abort();
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_session_whose_client_never_reads() {
+    // The timeout is far away: only the shutdown token can end it.
+    let cancel = CancellationToken::new();
+    let (c, session) = start_with(Arc::new(Fake::default()), test_settings(), cancel.clone());
+    let Client { r, w } = c;
+    let flood = flood_without_reading(w);
+    // Let the pipe fill so that the session is blocked in a write.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    cancel.cancel();
+    let ended = tokio::time::timeout(PATIENCE, session).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "shutdown waited on a stuck client: {ended:?}"
+    );
+    drop(r);
+    flood.abort();
 }
 
 #[tokio::test]

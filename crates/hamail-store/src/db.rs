@@ -123,8 +123,8 @@ impl Store {
             .map_err(|e| StoreError::io("log append", e))
     }
 
-    /// Makes everything written so far durable (one fsync of the WAL). Used to
-    /// group the fsyncs of many appends into one.
+    /// Makes everything written so far durable (one fsync of the WAL): the
+    /// raft log's flusher calls it for the appends waiting for it.
     pub fn sync_wal(&self) -> Result<()> {
         self.inner
             .db

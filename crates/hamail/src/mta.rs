@@ -155,6 +155,12 @@ impl QueueStore for ClusterBackend {
         self.has_quorum()
     }
 
+    fn still_owner(&self, id: &QueueId, epoch: u64) -> bool {
+        let me = Backend::node_id(self);
+        self.has_quorum()
+            && matches!(self.store.queue_entry(id), Ok(Some(e)) if e.owner == me && e.epoch == epoch)
+    }
+
     fn owned(&self) -> Result<Vec<QueueEntry>, String> {
         let me = Backend::node_id(self);
         let all = self.store.queue_entries().map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,10 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    // The directory holds the cluster's keys and the admin socket: 0700
+    // even when an operator (or a package) created it with other bits.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make data directory {} private", dir.display()))?;
     let path = dir.join("hamail.lock");
     let mut file = OpenOptions::new()
         .read(true)

@@ -240,6 +240,9 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// The end of the data: the body always ends in CRLF before it.
+const FINAL_DOT: &[u8] = b".\r\n";
+
 /// The body dot-stuffed, ending in `CRLF.CRLF`.
 pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 64);
@@ -254,7 +257,7 @@ pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
+    out.extend_from_slice(FINAL_DOT);
     out
 }
 
@@ -375,11 +378,12 @@ pub async fn deliver(
     opts: &ClientOptions,
     env: &Envelope<'_>,
     pool: &Pool,
+    lease: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<RcptOutcome>, SessionError> {
     let addr = addr.into();
     let key = Pool::key(addr.clone(), opts);
     if let Some(mut idle) = pool.take(&key) {
-        match transaction(&mut idle.wire, host, opts, env, &idle.ehlo).await {
+        match transaction(&mut idle.wire, host, opts, env, &idle.ehlo, lease).await {
             Ok(out) => {
                 idle.since = std::time::Instant::now();
                 pool.put(key, idle);
@@ -397,7 +401,7 @@ pub async fn deliver(
         timeout: opts.command_timeout,
     };
     let r = match setup(&mut w, host, opts).await {
-        Ok(ehlo) => transaction(&mut w, host, opts, env, &ehlo)
+        Ok(ehlo) => transaction(&mut w, host, opts, env, &ehlo, lease)
             .await
             .map(|out| (out, ehlo)),
         Err(e) => Err(e),
@@ -571,6 +575,7 @@ async fn transaction(
     opts: &ClientOptions,
     env: &Envelope<'_>,
     ehlo: &Reply,
+    lease: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<RcptOutcome>, SessionError> {
     if env.smtputf8 && !ehlo.has("SMTPUTF8") {
         return Err(SessionError {
@@ -683,12 +688,28 @@ async fn transaction(
         }
         return Ok(out.into_iter().flatten().collect());
     }
-    w.send(&dot_stuffed(env.body))
-        .await
-        .map_err(|e| SessionError {
+    let data = dot_stuffed(env.body);
+    let (text, dot) = data.split_at(data.len() - FINAL_DOT.len());
+    w.send(text).await.map_err(|e| SessionError {
+        try_next: false,
+        ..e
+    })?;
+    // The body may have taken long to send: if the lease moved meanwhile
+    // (this node was cut off and the message handed over), the new owner
+    // delivers it. Closing without the final dot makes the server discard
+    // what it got, so the recipients are not delivered twice.
+    if !lease() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), w.io.shutdown()).await;
+        return Err(SessionError {
+            reason: format!("delivery lease lost before end of data to {host}: not sent"),
             try_next: false,
-            ..e
-        })?;
+            ..SessionError::temp("")
+        });
+    }
+    w.send(dot).await.map_err(|e| SessionError {
+        try_next: false,
+        ..e
+    })?;
     // After the final dot the server may have taken the message even if
     // we never see its reply: such recipients are deferred (tried again),
     // never lost; a duplicate is possible, as with every MTA.
@@ -735,5 +756,90 @@ mod tests {
         assert_eq!(dot_stuffed(b"x"), b"x\r\n.\r\n");
         assert_eq!(base64(b"\0user\0pass"), "AHVzZXIAcGFzcw==");
         assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    /// A scripted SMTP server: answers every command, takes DATA, and
+    /// reports whether the final dot arrived before the connection closed.
+    async fn one_transaction_server(listener: tokio::net::TcpListener) -> bool {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut in_data = false;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            while let Some(pos) = got.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = got.drain(..pos + 2).collect();
+                let reply: &[u8] = if in_data {
+                    if line != b".\r\n" {
+                        continue;
+                    }
+                    in_data = false;
+                    b"250 2.0.0 Ok: queued\r\n"
+                } else if line.starts_with(b"EHLO") {
+                    b"250-sink\r\n250 PIPELINING\r\n"
+                } else if line.starts_with(b"DATA") {
+                    in_data = true;
+                    b"354 go ahead\r\n"
+                } else if line.starts_with(b"QUIT") {
+                    let _ = s.write_all(b"221 bye\r\n").await;
+                    return true;
+                } else {
+                    b"250 2.0.0 Ok\r\n"
+                };
+                if s.write_all(reply).await.is_err() {
+                    return false;
+                }
+                if reply.starts_with(b"250 2.0.0 Ok: queued") {
+                    return true;
+                }
+            }
+        }
+    }
+
+    async fn deliver_with_lease(holds: bool) -> (Result<Vec<RcptOutcome>, SessionError>, bool) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(one_transaction_server(listener));
+        let (tls_any, tls_verify) = crate::outbound::tls_client::client_configs("").unwrap();
+        let opts = ClientOptions {
+            helo_name: "mx1.example".into(),
+            lmtp: false,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(30),
+            tls: TlsLevel::None,
+            tls_any,
+            tls_verify,
+            sasl: None,
+        };
+        let rcpt = MailAddress::parse("bob@example.net").unwrap();
+        let env = Envelope {
+            sender: None,
+            recipients: std::slice::from_ref(&rcpt),
+            body: b"Subject: t\r\n\r\nhello\r\n",
+            eight_bit: false,
+            smtputf8: false,
+        };
+        let lease = move || holds;
+        let r = deliver(addr, "sink", &opts, &env, &Pool::default(), &lease).await;
+        (r, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_before_the_final_dot() {
+        let (r, dot_seen) = deliver_with_lease(true).await;
+        assert!(matches!(r.as_deref(), Ok([RcptOutcome::Sent(_)])), "{r:?}");
+        assert!(dot_seen, "with the lease held the message is sent");
+        let (r, dot_seen) = deliver_with_lease(false).await;
+        assert!(
+            !dot_seen,
+            "the server got the final dot after the lease moved"
+        );
+        let e = r.expect_err("a lost lease is no delivery");
+        assert!(e.reason.contains("lease lost") && !e.permanent, "{e:?}");
     }
 }

@@ -40,6 +40,11 @@ pub trait QueueStore: Send + Sync + 'static {
         &self,
         d: &DomainName,
     ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, String>;
+    /// The lease for this message still holds: this node reaches a
+    /// majority and its copy still names it the owner at `epoch`. Asked
+    /// again just before the final dot, so a former owner cut off while it
+    /// sent the body stops before the remote server takes the message.
+    fn still_owner(&self, id: &QueueId, epoch: u64) -> bool;
     /// Every node's SMTP address: delivering there would be a loop.
     fn own_smtp_addrs(&self) -> Vec<SocketAddr>;
     fn commit(
@@ -407,8 +412,9 @@ async fn deliver_group<Q: QueueStore>(
                     eight_bit: entry.eight_bit,
                     smtputf8: entry.smtputf8,
                 };
+                let lease = || store.still_owner(&entry.queue_id, entry.epoch);
                 let server = client::ServerAddr::Unix(PathBuf::from(path));
-                match client::deliver(server, &host, &opts, &env, pool).await {
+                match client::deliver(server, &host, &opts, &env, pool, &lease).await {
                     Ok(outcomes) => {
                         return rcpts
                             .iter()
@@ -457,13 +463,14 @@ async fn deliver_group<Q: QueueStore>(
                         eight_bit: entry.eight_bit,
                         smtputf8: entry.smtputf8,
                     };
-                    let mut r = client::deliver(c.addr, &c.host, &opts, &env, pool).await;
+                    let lease = || store.still_owner(&entry.queue_id, entry.epoch);
+                    let mut r = client::deliver(c.addr, &c.host, &opts, &env, pool, &lease).await;
                     if let Err(e) = &r
                         && e.retry_plain
                     {
                         tracing::info!(target: "postfix/smtp", "{}: {}; retrying without TLS", entry.queue_id, e.reason);
                         opts.tls = TlsLevel::None;
-                        r = client::deliver(c.addr, &c.host, &opts, &env, pool).await;
+                        r = client::deliver(c.addr, &c.host, &opts, &env, pool, &lease).await;
                     }
                     match r {
                         Ok(outcomes) => {
