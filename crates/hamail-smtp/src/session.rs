@@ -152,6 +152,16 @@ impl Conn {
     }
 }
 
+/// `BDAT 0 LAST` (any case, any run of spaces).
+fn is_empty_last_chunk(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    matches!(words.as_slice(), [verb, size, last]
+        if verb.eq_ignore_ascii_case("BDAT")
+            && size.bytes().all(|b| b == b'0')
+            && last.eq_ignore_ascii_case("LAST"))
+}
+
 async fn write_out(io: &mut Box<dyn IoStream>, out: &[u8]) -> std::io::Result<()> {
     io.write_all(out).await?;
     io.flush().await
@@ -428,6 +438,11 @@ impl<B: Backend> Session<B> {
     async fn command(&mut self, line: Vec<u8>) -> Step<bool> {
         if line.contains(&0) {
             return Ok(!self.error("500 5.5.2 Error: bad syntax (NUL byte)"));
+        }
+        // RFC 3030 allows an empty last chunk; smtp-proto refuses size 0.
+        if is_empty_last_chunk(&line) {
+            self.counts.bdat += 1;
+            return self.bdat(0, true).await;
         }
         let parsed = Request::parse(&mut line.iter());
         let req = match parsed {
