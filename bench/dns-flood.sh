@@ -18,14 +18,8 @@ names="${2:-10000}"
 bound_kib=$((96 * 1024))
 command -v dnsperf >/dev/null 2>&1 || apt_install dnsperf
 command -v kdig >/dev/null 2>&1 || apt_install knot-dnsutils
-bin="${HAMAIL_BIN:-$CARGO_TARGET_DIR/release/hamail}"
-if [ -z "${HAMAIL_BIN:-}" ]; then
-    if declare -F release_build >/dev/null; then release_build; else (cd "$here" && cargo build --release --quiet --workspace --bins); fi
-fi
-case "$bin" in
-    */release/*) echo "bench/dns-flood: hamail $bin (release profile)" ;;
-    *) echo "bench/dns-flood: hamail $bin (NOT the release profile)" ;;
-esac
+. "$here/bench/lib-dns.sh"
+dns_hamail_binary bench/dns-flood
 
 work="$(mktemp -d /var/tmp/hamail-bench-dnsflood.XXXXXX)"
 pids=()
@@ -33,40 +27,12 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 zone="$work/bench.example.zone"
-{
-    echo '$ORIGIN bench.example.'
-    echo '$TTL 3600'
-    echo '@ IN SOA ns1.bench.example. hostmaster.bench.example. 1 3600 900 1209600 300'
-    echo '@ IN NS ns1'
-    echo 'ns1 IN A 192.0.2.53'
-    echo 'hot IN A 192.0.2.1'
-    echo '*.wild IN A 192.0.2.2'
-    awk -v n="$names" 'BEGIN { for (i = 0; i < n; i++) printf "host%d IN A 10.%d.%d.%d\n", i, int(i/65536)%256, int(i/256)%256, i%256 }'
-} > "$zone"
+dns_bench_zone "$zone" "$names" 'hot IN A 192.0.2.1' '*.wild IN A 192.0.2.2'
 python3 "$here/bench/dns-queries.py" "$work/flood.q" bench.example "$names" "$queries" flood
 echo "hot.bench.example A" > "$work/hot.q"
 
-cat > "$work/hamail.toml" <<EOT
-[node]
-data_dir = "$work/hamail"
-log = "warn"
-[cluster]
-bootstrap = true
-[rpc]
-listen = "127.0.0.1:0"
-[dns]
-listen = ["127.0.0.1:18556"]
-[metrics]
-listen = "127.0.0.1:0"
-EOT
-"$bin" --config "$work/hamail.toml" serve 2>"$work/hamail.log" &
-pid=$!
-pids+=("$pid")
-for _ in $(seq 1 600); do
-    "$bin" --config "$work/hamail.toml" status --json 2>/dev/null | grep -q '"leader": [0-9]' && break
-    sleep 0.1
-done
-"$bin" --config "$work/hamail.toml" zone add bench.example --file "$zone" >/dev/null
+dns_hamail_start 18556 "$zone"
+pid=$hamail_pid
 for _ in $(seq 1 150); do
     [ "$(kdig @127.0.0.1 -p 18556 hot.bench.example A +short 2>/dev/null)" = "192.0.2.1" ] && break
     sleep 0.1

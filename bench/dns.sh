@@ -16,14 +16,8 @@ names="${2:-100000}"
 command -v dnsperf >/dev/null 2>&1 || apt_install dnsperf
 command -v nsd >/dev/null 2>&1 || apt_install nsd
 command -v kdig >/dev/null 2>&1 || apt_install knot-dnsutils
-bin="${HAMAIL_BIN:-$CARGO_TARGET_DIR/release/hamail}"
-if [ -z "${HAMAIL_BIN:-}" ]; then
-    if declare -F release_build >/dev/null; then release_build; else (cd "$here" && cargo build --release --quiet --workspace --bins); fi
-fi
-case "$bin" in
-    */release/*) echo "bench/dns: hamail $bin (release profile)" ;;
-    *) echo "bench/dns: hamail $bin (NOT the release profile: figures are not comparable)" ;;
-esac
+. "$here/bench/lib-dns.sh"
+dns_hamail_binary bench/dns
 # Stock hickory-dns, built once into /var/tmp (its own target directory).
 hickory="${HICKORY_DNS:-/var/tmp/hickory-dns-bin/bin/hickory-dns}"
 [ "${HICKORY:-}" = skip ] && hickory=""
@@ -39,14 +33,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 zone="$work/bench.example.zone"
-{
-    echo '$ORIGIN bench.example.'
-    echo '$TTL 3600'
-    echo '@ IN SOA ns1.bench.example. hostmaster.bench.example. 1 3600 900 1209600 300'
-    echo '@ IN NS ns1'
-    echo 'ns1 IN A 192.0.2.53'
-    awk -v n="$names" 'BEGIN { for (i = 0; i < n; i++) printf "host%d IN A 10.%d.%d.%d\n", i, int(i/65536)%256, int(i/256)%256, i%256 }'
-} > "$zone"
+dns_bench_zone "$zone" "$names"
 for mix in hits misses mixed; do
     python3 "$here/bench/dns-queries.py" "$work/$mix.q" bench.example "$names" 200000 "$mix"
 done
@@ -95,26 +82,7 @@ if [ -n "$hickory" ]; then
     pids+=($!)
 fi
 
-cat > "$work/hamail.toml" <<EOT
-[node]
-data_dir = "$work/hamail"
-log = "warn"
-[cluster]
-bootstrap = true
-[rpc]
-listen = "127.0.0.1:0"
-[dns]
-listen = ["127.0.0.1:18554"]
-[metrics]
-listen = "127.0.0.1:0"
-EOT
-"$bin" --config "$work/hamail.toml" serve 2>"$work/hamail.log" &
-pids+=($!)
-for _ in $(seq 1 600); do
-    "$bin" --config "$work/hamail.toml" status --json 2>/dev/null | grep -q '"leader": [0-9]' && break
-    sleep 0.1
-done
-"$bin" --config "$work/hamail.toml" zone add bench.example --file "$zone" >/dev/null
+dns_hamail_start 18554 "$zone"
 for _ in $(seq 1 150); do
     [ "$(kdig @127.0.0.1 -p 18554 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
     [ "$(kdig @127.0.0.1 -p 18553 host1.bench.example A +short 2>/dev/null)" = "10.0.0.1" ] && \
@@ -137,7 +105,7 @@ done
 q() { cat "$work/$1.qps" 2>/dev/null || echo 0; }
 for mix in hits misses mixed; do
     awk -v m="$mix" -v h="$(q hamail.$mix)" -v n="$(q nsd.$mix)" -v k="$(q hickory.$mix)" \
-        'BEGIN { printf "%-7s ratio hamail/nsd %.2f   hamail/hickory %.2f\n", m, (n > 0 ? h/n : 0), (k > 0 ? h/k : 0) }'
+        'BEGIN { printf "%-7s ratio hamail/nsd %.2f   hamail/hickory %s\n", m, (n > 0 ? h/n : 0), (k > 0 ? sprintf("%.2f", h/k) : "not run") }'
 done
 awk -v h="$(q hamail.hits)" -v m="$(q hamail.misses)" \
     'BEGIN { printf "hamail misses/hits %.2f (issue 12: at least 0.5)\n", (h > 0 ? m/h : 0) }'

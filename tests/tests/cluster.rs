@@ -354,6 +354,23 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Bytes that arrived on connections to local `port` and that the process
+/// has not read yet (the receive queues in /proc/net/tcp).
+fn unread_bytes_at(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let listening = *f.get(3)? == "0A";
+            let rx = u64::from_str_radix(f.get(4)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && !listening).then_some(rx)
+        })
+        .sum()
+}
+
 fn last_log_index(node: &Node) -> u64 {
     node.json(&["cluster", "status", "--json"])["last_log_index"]
         .as_u64()
@@ -412,9 +429,11 @@ fn announced_huge_frames_without_a_certificate_cost_little() {
                 held.push(s);
             }
         }
-        // Give the node a moment to take in what was sent (a stuck writer
-        // above means the node stopped reading, which is the point).
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Measure once the node has taken in everything that was sent (or
+        // closed the connection on it).
+        wait_for("node 1 to read what the hostile connections sent", || {
+            (unread_bytes_at(port) == 0).then_some(())
+        });
         let after = rss_kib(pid);
         (held, after)
     });

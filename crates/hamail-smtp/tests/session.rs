@@ -187,13 +187,33 @@ async fn mail_size_at_its_edges_is_answered_never_panics() {
 }
 
 /// A client that pipelines commands and never reads a reply: the session's
-/// writes block once the pipe is full.
-fn flood_without_reading(mut w: tokio::io::WriteHalf<DuplexStream>) -> tokio::task::JoinHandle<()> {
+/// writes block once the pipe is full. `blocked` is told when a write of
+/// the client cannot proceed: the session stopped reading, which it only
+/// does while it waits to write its replies.
+fn flood_without_reading(
+    mut w: tokio::io::WriteHalf<DuplexStream>,
+    blocked: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let lines = "NOOP\r\n".repeat(1000);
+        let bytes = lines.as_bytes();
         for _ in 0..1000 {
-            if w.write_all(lines.as_bytes()).await.is_err() {
-                return;
+            let mut off = 0;
+            while off < bytes.len() {
+                // A zero timeout polls the write once: Err means it is
+                // pending (and took nothing), so the pipe is full.
+                let now = tokio::time::timeout(std::time::Duration::ZERO, w.write(&bytes[off..]));
+                let written = match now.await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        blocked.notify_one();
+                        w.write(&bytes[off..]).await
+                    }
+                };
+                match written {
+                    Ok(n) if n > 0 => off += n,
+                    _ => return,
+                }
             }
         }
     })
@@ -209,7 +229,7 @@ async fn a_client_that_never_reads_is_dropped_at_the_timeout() {
         CancellationToken::new(),
     );
     let Client { r, w } = c;
-    let flood = flood_without_reading(w);
+    let flood = flood_without_reading(w, Arc::new(tokio::sync::Notify::new()));
     let ended = tokio::time::timeout(PATIENCE, session).await;
     assert!(
         matches!(ended, Ok(Ok(()))),
@@ -225,10 +245,10 @@ async fn shutdown_ends_a_session_whose_client_never_reads() {
     let cancel = CancellationToken::new();
     let (c, session) = start_with(Arc::new(Fake::default()), test_settings(), cancel.clone());
     let Client { r, w } = c;
-    let flood = flood_without_reading(w);
-    // Let the pipe fill so that the session is blocked in a write.
-    tokio::task::yield_now().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let blocked = Arc::new(tokio::sync::Notify::new());
+    let flood = flood_without_reading(w, blocked.clone());
+    // Shut down only once the session is blocked in a write.
+    blocked.notified().await;
     cancel.cancel();
     let ended = tokio::time::timeout(PATIENCE, session).await;
     assert!(

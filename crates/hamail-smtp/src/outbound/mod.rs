@@ -391,6 +391,14 @@ async fn deliver_group<Q: QueueStore>(
     rcpts: &[MailAddress],
 ) -> Vec<Tried> {
     let mut last = (String::from("no transport"), false, String::from("none"));
+    let env = Envelope {
+        sender: entry.sender.as_ref(),
+        recipients: rcpts,
+        body,
+        eight_bit: entry.eight_bit,
+        smtputf8: entry.smtputf8,
+    };
+    let lease = || store.still_owner(&entry.queue_id, entry.epoch);
     for spec in specs {
         match spec {
             TransportSpec::Maildir { path } => {
@@ -405,28 +413,9 @@ async fn deliver_group<Q: QueueStore>(
                 opts.helo_name = s.hostname.clone();
                 opts.tls = TlsLevel::None;
                 opts.sasl = None;
-                let env = Envelope {
-                    sender: entry.sender.as_ref(),
-                    recipients: rcpts,
-                    body,
-                    eight_bit: entry.eight_bit,
-                    smtputf8: entry.smtputf8,
-                };
-                let lease = || store.still_owner(&entry.queue_id, entry.epoch);
                 let server = client::ServerAddr::Unix(PathBuf::from(path));
                 match client::deliver(server, &host, &opts, &env, pool, &lease).await {
-                    Ok(outcomes) => {
-                        return rcpts
-                            .iter()
-                            .cloned()
-                            .zip(outcomes)
-                            .map(|(rcpt, outcome)| Tried {
-                                rcpt,
-                                outcome,
-                                relay: host.clone(),
-                            })
-                            .collect();
-                    }
+                    Ok(outcomes) => return tried_at(rcpts, outcomes, &host),
                     Err(e) => {
                         last = (e.reason, e.permanent, host);
                         if !e.try_next {
@@ -456,14 +445,6 @@ async fn deliver_group<Q: QueueStore>(
                     opts.helo_name = s.hostname.clone();
                     opts.tls = tls_level(s, spec, &c, rcpts);
                     opts.sasl = sasl_for(s, spec, &c);
-                    let env = Envelope {
-                        sender: entry.sender.as_ref(),
-                        recipients: rcpts,
-                        body,
-                        eight_bit: entry.eight_bit,
-                        smtputf8: entry.smtputf8,
-                    };
-                    let lease = || store.still_owner(&entry.queue_id, entry.epoch);
                     let mut r = client::deliver(c.addr, &c.host, &opts, &env, pool, &lease).await;
                     if let Err(e) = &r
                         && e.retry_plain
@@ -473,18 +454,7 @@ async fn deliver_group<Q: QueueStore>(
                         r = client::deliver(c.addr, &c.host, &opts, &env, pool, &lease).await;
                     }
                     match r {
-                        Ok(outcomes) => {
-                            return rcpts
-                                .iter()
-                                .cloned()
-                                .zip(outcomes)
-                                .map(|(rcpt, outcome)| Tried {
-                                    rcpt,
-                                    outcome,
-                                    relay: relay.clone(),
-                                })
-                                .collect();
-                        }
+                        Ok(outcomes) => return tried_at(rcpts, outcomes, &relay),
                         Err(e) => {
                             last = (e.reason, e.permanent, relay);
                             if !e.try_next {
@@ -504,6 +474,20 @@ async fn deliver_group<Q: QueueStore>(
         }
     }
     fail_all(rcpts, &last)
+}
+
+/// Each recipient's outcome from the server at `relay`.
+fn tried_at(rcpts: &[MailAddress], outcomes: Vec<RcptOutcome>, relay: &str) -> Vec<Tried> {
+    rcpts
+        .iter()
+        .cloned()
+        .zip(outcomes)
+        .map(|(rcpt, outcome)| Tried {
+            rcpt,
+            outcome,
+            relay: relay.to_string(),
+        })
+        .collect()
 }
 
 fn fail_all(rcpts: &[MailAddress], last: &(String, bool, String)) -> Vec<Tried> {
