@@ -154,6 +154,13 @@ impl Conn {
 
 /// `BDAT 0 LAST` (any case, any run of spaces).
 fn is_empty_last_chunk(line: &[u8]) -> bool {
+    // Asked of every command line: most are not BDAT at all.
+    if !line
+        .get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+    {
+        return false;
+    }
     let text = String::from_utf8_lossy(line);
     let words: Vec<&str> = text.split_ascii_whitespace().collect();
     matches!(words.as_slice(), [verb, size, last]
