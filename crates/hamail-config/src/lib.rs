@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use hamail_types::TlsLevel;
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -277,9 +278,11 @@ pub struct DeliverySection {
     pub smtp_timeout_secs: u64,
     /// STARTTLS: none, may (opportunistic, any certificate), encrypt
     /// (required, any certificate), verify / secure (required, verified).
-    pub smtp_tls_security_level: String,
+    #[serde(deserialize_with = "security_level")]
+    pub smtp_tls_security_level: TlsLevel,
     /// Levels per destination (domain, host, or `[host]:port`).
-    pub smtp_tls_policy: std::collections::BTreeMap<String, String>,
+    #[serde(deserialize_with = "tls_policy")]
+    pub smtp_tls_policy: std::collections::BTreeMap<String, TlsLevel>,
     /// CA bundle for `verify`; empty: the system's.
     pub smtp_tls_ca_file: String,
     /// `[host]:port user:password` lines, mode 0600; empty: no SASL.
@@ -311,7 +314,7 @@ impl Default for DeliverySection {
             resolver: String::new(),
             smtp_connect_timeout_secs: 30,
             smtp_timeout_secs: 300,
-            smtp_tls_security_level: "may".into(),
+            smtp_tls_security_level: TlsLevel::May,
             smtp_tls_policy: Default::default(),
             smtp_tls_ca_file: String::new(),
             smtp_sasl_password_maps: String::new(),
@@ -325,6 +328,31 @@ impl Default for DeliverySection {
             lease_check_interval_secs: 5,
         }
     }
+}
+
+/// `smtp_tls_security_level` as a [`TlsLevel`]; a bad value is refused while
+/// the file is read, with the key and the line named.
+fn security_level<'de, D: Deserializer<'de>>(d: D) -> Result<TlsLevel, D::Error> {
+    let level = String::deserialize(d)?;
+    level
+        .parse()
+        .map_err(|e| serde::de::Error::custom(format!("key delivery.smtp_tls_security_level: {e}")))
+}
+
+/// `smtp_tls_policy`'s levels as [`TlsLevel`]s; a bad one is refused while the
+/// file is read, with the destination named.
+fn tls_policy<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, TlsLevel>, D::Error> {
+    std::collections::BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(dest, level)| match level.parse() {
+            Ok(level) => Ok((dest, level)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "key delivery.smtp_tls_policy: {dest} = {e}"
+            ))),
+        })
+        .collect()
 }
 
 impl DeliverySection {
@@ -514,22 +542,6 @@ impl Config {
                 ));
             }
         }
-        let level_ok = |l: &str| matches!(l, "none" | "may" | "encrypt" | "verify" | "secure");
-        if !level_ok(&d.smtp_tls_security_level) {
-            return Err(bad(
-                "delivery.smtp_tls_security_level",
-                format!(
-                    "{:?}: expected none, may, encrypt, verify or secure",
-                    d.smtp_tls_security_level
-                ),
-            ));
-        }
-        if let Some((dest, l)) = d.smtp_tls_policy.iter().find(|(_, l)| !level_ok(l)) {
-            return Err(bad(
-                "delivery.smtp_tls_policy",
-                format!("{dest} = {l:?}: expected none, may, encrypt, verify or secure"),
-            ));
-        }
         if !d.resolver.is_empty() && d.resolver.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "delivery.resolver",
@@ -698,6 +710,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("node.name"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_tls_level_is_refused_while_loading_with_its_key() {
+        let msg = Config::parse(
+            "[delivery]\nsmtp_tls_security_level = \"maybe\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("delivery.smtp_tls_security_level")
+                && msg.contains("\"maybe\"")
+                && msg.contains("line 2"),
+            "{msg}"
+        );
+        let msg = Config::parse(
+            "[delivery]\nsmtp_tls_policy = { \"[mx.example.jp]:25\" = \"strict\" }\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("delivery.smtp_tls_policy")
+                && msg.contains("[mx.example.jp]:25")
+                && msg.contains("\"strict\""),
+            "{msg}"
+        );
+        let cfg = Config::parse(
+            "[delivery]\nsmtp_tls_security_level = \"secure\"\nsmtp_tls_policy = { \"a.example\" = \"none\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.delivery.smtp_tls_security_level, TlsLevel::Secure);
+        assert_eq!(cfg.delivery.smtp_tls_policy["a.example"], TlsLevel::None);
     }
 
     #[test]

@@ -7,14 +7,16 @@ pub mod command;
 mod domain;
 mod map;
 pub mod queue;
+mod tls_level;
 mod transport;
 pub mod zone;
 
 pub use address::MailAddress;
-pub use command::{Command, DomainKind, NodeInfo, Outcome};
+pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};
+pub use tls_level::TlsLevel;
 pub use transport::{NextHop, TransportSpec};
 pub use zone::ZoneRecord;
 
@@ -33,6 +35,8 @@ pub enum TypesError {
     Transport { input: String, reason: String },
     #[error("invalid domain kind {input:?}: expected local, relay or virtual")]
     Kind { input: String },
+    #[error("invalid TLS level {input:?}: expected none, may, encrypt, verify or secure")]
+    TlsLevel { input: String },
     #[error("invalid command: {0}")]
     Command(String),
 }

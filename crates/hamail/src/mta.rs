@@ -272,7 +272,7 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
             lmtp: false,
             connect_timeout: Duration::from_secs(d.smtp_connect_timeout_secs),
             command_timeout: Duration::from_secs(d.smtp_timeout_secs),
-            tls: level(&d.smtp_tls_security_level)?,
+            tls: level(&d.smtp_tls_security_level.to_string())?,
             tls_any,
             tls_verify,
             sasl: None,
@@ -280,7 +280,7 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
         tls_policy: d
             .smtp_tls_policy
             .iter()
-            .map(|(k, v)| Ok((k.to_ascii_lowercase(), level(v)?)))
+            .map(|(k, v)| Ok((k.to_ascii_lowercase(), level(&v.to_string())?)))
             .collect::<anyhow::Result<_>>()?,
         sasl_passwords,
         destination_concurrency: d.default_destination_concurrency_limit,
