@@ -13,10 +13,9 @@ mod session;
 mod tls;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hamail_types::{NewMessage, NodeId, QueueId};
+use hamail_types::{NewMessage, NodeId};
 
 pub use data::{DataEvent, DataReader};
 pub use headers::{mailq_date, received_header, rfc5322_date};
@@ -96,26 +95,6 @@ impl Settings {
                 "::1/128".parse().expect("literal network"),
             ],
             tls: None,
-        }
-    }
-}
-
-static LAST_QUEUE_US: AtomicU64 = AtomicU64::new(0);
-
-/// A new queue id: this node's clock in µs, kept strictly increasing in
-/// this process, and the node id.
-pub fn next_queue_id(node: NodeId) -> QueueId {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64;
-    let mut prev = LAST_QUEUE_US.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(prev + 1);
-        match LAST_QUEUE_US.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => return QueueId::new(next, node),
-            Err(p) => prev = p,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! owner node and lease epoch for delivery).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,25 @@ impl QueueId {
             time_us & ((1 << 52) - 1),
             node & 0xFFF
         ))
+    }
+
+    /// A new queue id for a message accepted (or a notice made) on `node`
+    /// now: this node's clock in µs, kept strictly increasing in this
+    /// process, and the node id.
+    pub fn new_for(node: NodeId) -> Self {
+        static LAST_US: AtomicU64 = AtomicU64::new(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let mut prev = LAST_US.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match LAST_US.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return QueueId::new(next, node),
+                Err(p) => prev = p,
+            }
+        }
     }
 
     pub fn parse(s: &str) -> Result<Self, TypesError> {

@@ -753,7 +753,7 @@ pub fn attempt_record(
     let mut notice = None;
     let mut dsn_id = None;
     if let (false, Some(sender)) = (failures.is_empty(), &entry.sender) {
-        let id = crate::next_queue_id(node);
+        let id = QueueId::new_for(node);
         notice = Some(Box::new(NewMessage {
             queue_id: id.clone(),
             sender: None,

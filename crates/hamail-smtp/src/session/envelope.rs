@@ -1,0 +1,189 @@
+//! The envelope phase: HELO/EHLO, MAIL FROM and RCPT TO (the recipient
+//! check against the replicated tables, and the queue id at the first RCPT).
+
+use std::borrow::Cow;
+
+use hamail_types::{MailAddress, QueueId};
+use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8};
+
+use super::{Flow, Session, Txn, printable};
+use crate::Backend;
+use crate::policy::{Verdict, check_recipient};
+
+impl<B: Backend> Session<B> {
+    pub(super) fn hello(&mut self, host: Cow<'_, str>, esmtp: bool) {
+        let host = host.trim();
+        if host.is_empty() {
+            let verb = if esmtp { "EHLO" } else { "HELO" };
+            // As before the split: the count goes on, the session too.
+            let _ = self.error(&format!("501 5.5.4 Syntax: {verb} hostname"));
+            return;
+        }
+        self.helo = Some(printable(host));
+        self.esmtp = esmtp;
+        self.txn = None;
+        if !esmtp {
+            let t = format!("250 {}", self.settings.hostname);
+            self.conn.reply(&t);
+            return;
+        }
+        let mut lines = vec![
+            self.settings.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.settings.message_size_limit),
+        ];
+        if self.settings.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        lines.extend(["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"].map(String::from));
+        let n = lines.len();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            let t = format!("250{sep}{l}");
+            self.conn.reply(&t);
+        }
+    }
+
+    /// The address as the client wrote it between `<` and `>`, for the
+    /// checks smtp-proto's parse does not keep (source routes).
+    fn raw_path(line: &[u8]) -> String {
+        let s = String::from_utf8_lossy(line);
+        match (s.find('<'), s.rfind('>')) {
+            (Some(a), Some(b)) if b > a => s[a + 1..b].to_string(),
+            _ => s
+                .split_once(':')
+                .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(super) fn mail(&mut self, line: &[u8], from: smtp_proto::MailFrom<Cow<'_, str>>) -> Flow {
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 Error: send HELO/EHLO first");
+        }
+        if self.txn.is_some() {
+            return self.error("503 5.5.1 Error: nested MAIL command");
+        }
+        let limit = self.settings.message_size_limit;
+        if from.size > limit {
+            tracing::info!(target: "postfix/smtpd", "NOQUEUE: reject: MAIL from {}: 552 5.3.4 Message size exceeds fixed limit; proto=ESMTP helo=<{}>", self.client(), self.helo.as_deref().unwrap_or(""));
+            return self.error("552 5.3.4 Message size exceeds fixed limit");
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error("555 5.5.4 Unsupported option: BODY=BINARYMIME");
+        }
+        let raw = Self::raw_path(line);
+        let sender = if from.address.is_empty() {
+            None
+        } else {
+            match MailAddress::parse(&raw).or_else(|_| MailAddress::parse(&from.address)) {
+                Ok(a) if !raw.starts_with('@') => Some(a),
+                _ => {
+                    return self.error(&format!(
+                        "501 5.1.7 <{}>: Sender address rejected: bad address syntax",
+                        printable(&raw)
+                    ));
+                }
+            }
+        };
+        if !raw.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
+            return self.error("553 5.6.7 Must declare SMTPUTF8 to send a UTF-8 address");
+        }
+        if !self.backend.has_quorum() {
+            return self.error(
+                "451 4.3.0 Error: this site cannot reach a majority of the cluster, try again later",
+            );
+        }
+        self.txn = Some(Txn {
+            sender,
+            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            ..Txn::default()
+        });
+        self.conn.reply("250 2.1.0 Ok");
+        Flow::Continue
+    }
+
+    pub(super) fn rcpt(&mut self, line: &[u8], address: Cow<'_, str>) -> Flow {
+        let Some(txn) = &self.txn else {
+            return self.error("503 5.5.1 Error: need MAIL command");
+        };
+        if txn.recipients.len() >= self.settings.smtpd_recipient_limit {
+            return self.error("452 4.5.3 Error: too many recipients");
+        }
+        let raw = Self::raw_path(line);
+        if !raw.is_ascii() && !txn.smtputf8 {
+            return self.error("553 5.6.7 Must declare SMTPUTF8 to send a UTF-8 address");
+        }
+        let shown = printable(&raw);
+        let from = txn
+            .sender
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let reject = |s: &mut Self, text: String| {
+            tracing::info!(
+                target: "postfix/smtpd",
+                "NOQUEUE: reject: RCPT from {}: {text}; from=<{from}> to=<{shown}> proto={} helo=<{}>",
+                s.client(),
+                if s.esmtp { "ESMTP" } else { "SMTP" },
+                s.helo.as_deref().unwrap_or("")
+            );
+            s.error(&text)
+        };
+        // Source routes, `%` and `!` routing, quoted local parts and a
+        // second `@` never pass: MailAddress refuses them all.
+        let rcpt = match MailAddress::parse(&raw) {
+            Ok(a) if !raw.starts_with('@') && !address.is_empty() => a,
+            _ => {
+                let looks_routed = raw.starts_with('@')
+                    || raw.contains('%')
+                    || raw.contains('!')
+                    || raw.contains('"')
+                    || raw.matches('@').count() > 1;
+                let text = if looks_routed {
+                    format!("554 5.7.1 <{shown}>: Relay access denied")
+                } else {
+                    format!("501 5.1.3 <{shown}>: Recipient address rejected: bad address syntax")
+                };
+                return reject(self, text);
+            }
+        };
+        match check_recipient(self.backend.as_ref(), &rcpt, self.trusted) {
+            Verdict::Accept => {}
+            Verdict::Unknown { table } => {
+                return reject(
+                    self,
+                    format!(
+                        "550 5.1.1 <{shown}>: Recipient address rejected: User unknown in {table}"
+                    ),
+                );
+            }
+            Verdict::RelayDenied => {
+                return reject(self, format!("554 5.7.1 <{shown}>: Relay access denied"));
+            }
+            Verdict::TempFail(e) => {
+                tracing::warn!(error = %e, "recipient lookup failed");
+                return reject(
+                    self,
+                    format!("451 4.3.0 <{shown}>: Temporary lookup failure"),
+                );
+            }
+        }
+        let node = self.backend.node_id();
+        let client = self.client();
+        let Some(txn) = self.txn.as_mut() else {
+            return Flow::Continue;
+        };
+        if txn.queue_id.is_none() {
+            let id = QueueId::new_for(node);
+            tracing::info!(target: "postfix/smtpd", "{id}: client={client}");
+            txn.queue_id = Some(id);
+        }
+        if !txn.recipients.contains(&rcpt) {
+            txn.recipients.push(rcpt);
+        }
+        self.conn.reply("250 2.1.5 Ok");
+        Flow::Continue
+    }
+}
