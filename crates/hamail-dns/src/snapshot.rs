@@ -1,21 +1,30 @@
-//! What queries are answered from, built from the store's zones when the
-//! applied log moves: per zone, hickory's in-memory zone (positive
-//! answers), and what we compile ourselves — the index of its names
-//! (NXDOMAIN / NODATA / referral without a scan), the negative SOA, its
-//! delegation points with glue, and its records for zone transfers.
+//! What queries are answered from (NSD's namedb.c), built from the store's
+//! zones when the applied log moves and swapped in whole (`ArcSwap`): a
+//! query loads the current snapshot without a lock and never waits on raft
+//! or RocksDB. Per zone: hickory's in-memory zone (positive answers), and
+//! what we compile ourselves — the index of its names (NXDOMAIN / NODATA /
+//! referral without a scan), the negative SOA, its delegation points with
+//! glue, and its records for zone transfers.
 //!
 //! A zone that does not build keeps its previous version; a store that
-//! cannot be read keeps the whole previous snapshot (the caller retries).
+//! cannot be read keeps the whole previous snapshot (`follow` retries).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use hamail_store::{Store, ZoneState};
 use hamail_types::DomainName;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
 use hickory_proto::serialize::txt::Parser;
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::names::{Class, NameIndex, wire};
 use crate::negative::NegativeSoa;
@@ -66,10 +75,7 @@ impl Served {
     /// Builds the snapshot for `zones` as read from the store, reusing the
     /// zones of `previous` whose records did not change, and keeping the
     /// previous version of a zone that does not build.
-    pub(crate) fn build(
-        zones: Vec<(DomainName, hamail_store::ZoneState)>,
-        previous: &Served,
-    ) -> Self {
+    pub(crate) fn build(zones: Vec<(DomainName, ZoneState)>, previous: &Served) -> Self {
         let mut next = Served::empty();
         for (zone, state) in zones {
             let apex = Name::from_ascii(format!("{zone}.")).map(|n| LowerName::new(&n));
@@ -129,8 +135,91 @@ impl Served {
     }
 }
 
+/// How soon a rebuild that could not read the store is tried again.
+const REBUILD_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps `served` following the store until `cancel`: whenever `changes`
+/// moves and a zone changed, builds the next snapshot and swaps it in, bumps
+/// `generation` (the UDP workers drop their cached answers) and NOTIFYs
+/// `notify` of the zones whose serial moved.
+pub(crate) async fn follow(
+    store: Store,
+    served: Arc<ArcSwap<Served>>,
+    generation: Arc<AtomicU64>,
+    mut changes: watch::Receiver<u64>,
+    notify: Vec<SocketAddr>,
+    cancel: CancellationToken,
+) {
+    // Nothing is served until `changes` first moves: the node sends it
+    // only once its applied state is a full member's (a rebuilt node's
+    // partial copy would answer older serials than the site did before).
+    // Like BIND at start, the first build NOTIFYs every zone.
+    let mut version = None;
+    let mut built = false;
+    // A store read failed: the previous snapshot stays, try again soon.
+    let mut retry = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(REBUILD_RETRY), if retry => {}
+            r = changes.changed() => {
+                if r.is_err() {
+                    cancel.cancelled().await;
+                    break;
+                }
+            }
+        }
+        // Most writes are not zone edits: rebuild only when a zone
+        // changed (a snapshot install moves this too).
+        let now = store.zones_version();
+        if built && !retry && now.as_ref().ok() == Some(&version) {
+            continue;
+        }
+        let reader = store.clone();
+        let target = served.clone();
+        let Ok(swapped) = tokio::task::spawn_blocking(move || {
+            refresh(&target, || reader.zones().map_err(|e| e.to_string()))
+        })
+        .await
+        else {
+            retry = true;
+            continue;
+        };
+        let Some(previous) = swapped else {
+            retry = true;
+            continue;
+        };
+        retry = false;
+        built = true;
+        version = now.ok().flatten();
+        // Workers drop their cached answers.
+        generation.fetch_add(1, Ordering::AcqRel);
+        crate::notify::announce(&previous.serials, &served.load().serials, &notify);
+    }
+}
+
+/// Builds the next snapshot from what `read` returns and swaps it in;
+/// returns the one it replaced. When the zones cannot be read, nothing is
+/// swapped (None): the previous snapshot keeps answering, rather than an
+/// empty one that would REFUSE every query.
+pub(crate) fn refresh<E: std::fmt::Display>(
+    served: &ArcSwap<Served>,
+    read: impl FnOnce() -> Result<Vec<(DomainName, ZoneState)>, E>,
+) -> Option<Arc<Served>> {
+    match read() {
+        Ok(zones) => {
+            let previous = served.load_full();
+            Some(served.swap(Arc::new(Served::build(zones, &previous))))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "dns: cannot read the zones; the previous ones stay served");
+            None
+        }
+    }
+}
+
 /// Builds one zone from its stored records.
-fn zone_data(zone: &DomainName, state: &hamail_store::ZoneState) -> Result<ZoneData, String> {
+fn zone_data(zone: &DomainName, state: &ZoneState) -> Result<ZoneData, String> {
     let text = crate::zone_file_text(zone, &state.records);
     let (origin, mut records) = Parser::new(text, None, None)
         .parse()
