@@ -19,7 +19,7 @@ use hamail_types::{NewMessage, NodeId};
 
 pub use data::{DataEvent, DataReader};
 pub use headers::{mailq_date, received_header, rfc5322_date};
-pub use policy::{Tables, Verdict, check_recipient, expand_aliases, in_networks};
+pub use policy::{AliasError, Tables, Verdict, check_recipient, expand_aliases, in_networks};
 pub use server::{Smtpd, serve_stream};
 pub use session::IoStream;
 pub use tls::{ensure_self_signed, server_config};
@@ -31,6 +31,23 @@ pub enum SmtpError {
     Tls(String),
     #[error("cannot listen on {addr} (smtp.listen): {reason}")]
     Listen { addr: String, reason: String },
+}
+
+/// The replicated state could not be read or written through a [`Tables`]
+/// or [`outbound::QueueStore`]. Its text is the operator's: shown in logs
+/// (and, for an alias lookup, in the 550 reply) as the store gave it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// A table or the queue could not be read.
+    #[error("{0}")]
+    Read(String),
+    /// This node has no raft node yet (before `cluster init` or `join`).
+    #[error("this node is not in a cluster yet")]
+    NotInCluster,
+    /// A proposal did not commit.
+    #[error("{0}")]
+    Commit(String),
 }
 
 /// Why a message could not be queued. Either way the client hears 451 and

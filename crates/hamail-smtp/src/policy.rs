@@ -5,12 +5,29 @@
 use hamail_types::{DomainKind, DomainName, MailAddress};
 use ipnet::IpNet;
 
+use crate::BackendError;
+
 /// Read access to the replicated tables the recipient check needs.
 pub trait Tables {
-    fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, String>;
-    fn recipient_known(&self, address: &MailAddress) -> Result<bool, String>;
+    fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, BackendError>;
+    fn recipient_known(&self, address: &MailAddress) -> Result<bool, BackendError>;
     /// The targets of an alias (Postfix's virtual_alias_maps), if it is one.
-    fn alias_targets(&self, address: &MailAddress) -> Result<Option<Vec<MailAddress>>, String>;
+    fn alias_targets(
+        &self,
+        address: &MailAddress,
+    ) -> Result<Option<Vec<MailAddress>>, BackendError>;
+}
+
+/// Why aliases could not be expanded (the message is refused with 550 5.4.6).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AliasError {
+    #[error(transparent)]
+    Table(#[from] BackendError),
+    #[error("alias {alias}: more than 10 levels of aliases")]
+    TooDeep { alias: MailAddress },
+    #[error("alias expansion gives more than {ALIAS_RECURSION_LIMIT} recipients")]
+    TooMany,
 }
 
 /// How deep aliases may point at aliases (Postfix's virtual_alias_recursion_limit).
@@ -22,7 +39,7 @@ pub const ALIAS_RECURSION_LIMIT: usize = 1000;
 pub fn expand_aliases(
     tables: &impl Tables,
     recipients: &[MailAddress],
-) -> Result<Vec<MailAddress>, String> {
+) -> Result<Vec<MailAddress>, AliasError> {
     let mut out: Vec<MailAddress> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut todo: Vec<(MailAddress, usize)> =
@@ -35,13 +52,11 @@ pub fn expand_aliases(
             Some(targets) if depth < 10 => {
                 todo.extend(targets.into_iter().rev().map(|t| (t, depth + 1)));
             }
-            Some(_) => return Err(format!("alias {a}: more than 10 levels of aliases")),
+            Some(_) => return Err(AliasError::TooDeep { alias: a }),
             None => out.push(a),
         }
         if out.len() + todo.len() > ALIAS_RECURSION_LIMIT {
-            return Err(format!(
-                "alias expansion gives more than {ALIAS_RECURSION_LIMIT} recipients"
-            ));
+            return Err(AliasError::TooMany);
         }
     }
     Ok(out)
@@ -58,7 +73,7 @@ pub enum Verdict {
     /// 554 5.7.1: not our domain and the client may not relay.
     RelayDenied,
     /// 451 4.3.0: the tables could not be read.
-    TempFail(String),
+    TempFail(BackendError),
 }
 
 /// Local parts every domain of ours accepts (RFC 5321 4.5.1, RFC 2142).
@@ -124,17 +139,17 @@ mod tests {
     }
 
     impl Tables for T {
-        fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+        fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, BackendError> {
             Ok(self
                 .domains
                 .iter()
                 .find(|(n, _)| *n == d.as_str())
                 .map(|(_, k)| *k))
         }
-        fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
+        fn recipient_known(&self, a: &MailAddress) -> Result<bool, BackendError> {
             Ok(self.recipients.contains(a.to_string().as_str()))
         }
-        fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
+        fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, BackendError> {
             Ok(match a.to_string().as_str() {
                 "loop1@example.jp" => Some(vec![MailAddress::parse("loop2@example.jp").unwrap()]),
                 "loop2@example.jp" => Some(vec![MailAddress::parse("loop1@example.jp").unwrap()]),

@@ -7,7 +7,8 @@
 //! lags its leader — so a seeded scheduler plays them instead, in simulated
 //! time, against the real code: hamail-store's apply on three replicas (each
 //! its own RocksDB, each applying the committed log at its own pace) and the
-//! queue manager's attempt record (`outbound::attempt_record`). What is
+//! queue manager's attempt record (`outbound::attempt_record`) and the
+//! leader's lease rule (`outbound::lease::handovers`). What is
 //! simulated is the rest: the network (cuts, a node that notices a cut only
 //! after a while), processes (crashes), raft (a leader that commits what it
 //! receives, in order) and remote SMTP servers (a delivery takes a random
@@ -32,7 +33,9 @@
 //! one. A failure prints the seed that replays it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
+use hamail_smtp::outbound::lease::{LeaderView, handovers};
 use hamail_smtp::outbound::{Settle, attempt_record, dsn};
 use hamail_store::{Applier, ApplyContext, Store};
 use hamail_types::{
@@ -407,31 +410,35 @@ impl Sim {
             self.nodes[n].cut_since = self.now;
             self.nodes[n].cut_until = self.now + len;
         } else {
-            // A crash: its queue manager's memory is gone; attempts in
-            // flight may have reached their destination.
-            let node = &mut self.nodes[n];
-            node.up = false;
-            node.crashes += 1;
-            node.in_flight.clear();
-            node.settling.clear();
-            node.leader_since = None;
-            node.cut_since = self.now;
-            node.cut_until = self.now + len;
-            for a in self
-                .attempts
-                .iter_mut()
-                .filter(|a| a.node == n && !a.proposed)
-            {
-                a.proposed = true;
-                if self.rng.chance(50) {
-                    for (r, f) in &a.fates {
-                        if *f == Fate::Delivered {
-                            *self
-                                .sink
-                                .entry((a.seen.queue_id.clone(), r.clone()))
-                                .or_default() += 1;
-                            a.delivered.push(r.clone());
-                        }
+            self.crash(n, self.now + len);
+        }
+    }
+
+    /// A crash of node `n` until `until`: its queue manager's memory is
+    /// gone; attempts in flight may have reached their destination.
+    fn crash(&mut self, n: usize, until: u64) {
+        let node = &mut self.nodes[n];
+        node.up = false;
+        node.crashes += 1;
+        node.in_flight.clear();
+        node.settling.clear();
+        node.leader_since = None;
+        node.cut_since = self.now;
+        node.cut_until = until;
+        for a in self
+            .attempts
+            .iter_mut()
+            .filter(|a| a.node == n && !a.proposed)
+        {
+            a.proposed = true;
+            if self.rng.chance(50) {
+                for (r, f) in &a.fates {
+                    if *f == Fate::Delivered {
+                        *self
+                            .sink
+                            .entry((a.seen.queue_id.clone(), r.clone()))
+                            .or_default() += 1;
+                        a.delivered.push(r.clone());
                     }
                 }
             }
@@ -588,7 +595,9 @@ impl Sim {
         }
     }
 
-    /// The lease keeper, on the leader (crates/hamail/src/mta.rs).
+    /// The lease keeper, on the leader: the timer and the leader's view are
+    /// simulated, the decision is the library's (`outbound::lease`), as the
+    /// binary's timer loop (crates/hamail/src/queue_backend.rs) calls it.
     fn lease_keeper(&mut self) {
         let Some(l) = self.leader() else {
             for node in &mut self.nodes {
@@ -608,13 +617,7 @@ impl Sim {
             return;
         }
         node.next_lease_check = now + LEASE_CHECK;
-        if now - since < LEASE {
-            return;
-        }
         let heard = node.heard;
-        // As mta.rs: alive = heard within max(3 s, lease / 10).
-        let alive = |n: usize| n == l || heard[n].is_some_and(|t| now - t < 3_000.max(LEASE / 10));
-        let lost = |n: usize| n != l && heard[n].is_none_or(|t| now - t >= LEASE);
         let owners: BTreeSet<NodeId> = node
             .store
             .queue_entries()
@@ -622,22 +625,18 @@ impl Sim {
             .iter()
             .map(|e| e.owner)
             .collect();
-        for owner in owners {
-            let o = owner as usize - 1;
-            if !lost(o) {
-                continue;
-            }
-            let to: Vec<NodeId> = (0..NODES)
-                .filter(|&n| n != o && alive(n))
-                .map(id_of)
-                .collect();
-            if !to.is_empty() {
-                self.propose(
-                    l,
-                    vec![Command::QueueReassign { from: owner, to }],
-                    Purpose::Reassign,
-                );
-            }
+        let voters: Vec<NodeId> = (0..NODES).map(id_of).collect();
+        let silent_for =
+            |id: NodeId| heard[id as usize - 1].map(|t| Duration::from_millis(now - t));
+        let view = LeaderView {
+            me: id_of(l),
+            leader_for: Duration::from_millis(now - since),
+            voters: &voters,
+            is_member: &|id| (1..=NODES as NodeId).contains(&id),
+            silent_for: &silent_for,
+        };
+        for h in handovers(&view, &owners, Duration::from_millis(LEASE)) {
+            self.propose(l, vec![h.command()], Purpose::Reassign);
         }
     }
 
@@ -810,6 +809,7 @@ impl Sim {
             && self
                 .nodes
                 .iter()
+                .filter(|n| n.cut_until != BURNT)
                 .all(|n| n.applied == self.log.len() && n.in_flight.is_empty())
             && self.model.entries.is_empty()
     }
@@ -849,10 +849,26 @@ fn history(sim: &Sim, id: &QueueId) -> String {
 
 /// One simulated run; returns (acked messages, duplicates) or panics with
 /// what broke.
-fn run(seed: u64, client_percent: u64) -> (usize, usize) {
+/// How the faulty phase ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Every fault heals.
+    Heal,
+    /// One site burns down for good as the others heal: its mail is
+    /// finished only if the lease rule hands it over.
+    BurnOne,
+}
+
+/// `cut_until` of a node that never comes back.
+const BURNT: u64 = u64::MAX;
+
+fn run_ending(seed: u64, client_percent: u64, ending: Ending) -> (usize, usize) {
     let mut sim = Sim::new(seed, client_percent);
     while sim.now < FAULTY_MS {
         sim.step(true);
+    }
+    if ending == Ending::BurnOne {
+        sim.crash(seed as usize % NODES, BURNT);
     }
     let healed_at = sim.now;
     while !sim.settled() {
@@ -894,6 +910,7 @@ fn run(seed: u64, client_percent: u64) -> (usize, usize) {
     let digests: BTreeSet<String> = sim
         .nodes
         .iter()
+        .filter(|n| n.cut_until != BURNT)
         .map(|n| n.store.state_digest().expect("digest"))
         .collect();
     assert_eq!(digests.len(), 1, "replicas differ after settling");
@@ -925,9 +942,13 @@ fn run(seed: u64, client_percent: u64) -> (usize, usize) {
 
 /// Runs the seeds; panics naming the one that failed.
 fn run_seeds(seeds: &[u64], client_percent: u64) -> (usize, usize) {
+    run_seeds_ending(seeds, client_percent, Ending::Heal)
+}
+
+fn run_seeds_ending(seeds: &[u64], client_percent: u64, ending: Ending) -> (usize, usize) {
     let (mut acked, mut dups) = (0, 0);
     for seed in seeds {
-        match std::panic::catch_unwind(|| run(*seed, client_percent)) {
+        match std::panic::catch_unwind(|| run_ending(*seed, client_percent, ending)) {
             Ok((a, d)) => {
                 acked += a;
                 dups += d;
@@ -985,4 +1006,16 @@ fn ownership_survives_every_interleaving() {
 fn seeds_that_found_bugs_stay_fixed() {
     run_seeds(&[13064056694810536062], 8);
     run_seeds(&[8709371129873690708], 20);
+}
+
+/// A site that never comes back: its messages are finished by the others
+/// only through the lease rule's hand-over (a rule that hands over nothing,
+/// or only to the dead node, leaves them queued and fails here).
+#[test]
+fn a_burnt_site_hands_its_mail_over() {
+    let seeds: Vec<u64> = (1..=6u64)
+        .map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    let (acked, _) = run_seeds_ending(&seeds, 8, Ending::BurnOne);
+    assert!(acked > 0, "the simulation acknowledged mail");
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hamail_smtp::{Backend, EnqueueError, Settings, Tables, serve_stream};
+use hamail_smtp::{Backend, BackendError, EnqueueError, Settings, Tables, serve_stream};
 use hamail_types::{DomainKind, DomainName, MailAddress, NewMessage, NodeId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -17,13 +17,13 @@ struct Fake {
 }
 
 impl Tables for Fake {
-    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, BackendError> {
         Ok((d.as_str() == "example.jp").then_some(DomainKind::Relay))
     }
-    fn recipient_known(&self, a: &MailAddress) -> Result<bool, String> {
+    fn recipient_known(&self, a: &MailAddress) -> Result<bool, BackendError> {
         Ok(a.local() == "user" || a.local() == "ユーザー")
     }
-    fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
+    fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, BackendError> {
         Ok((a.local() == "info").then(|| vec![MailAddress::parse("user@example.jp").unwrap()]))
     }
 }

@@ -2,6 +2,7 @@
 //! queue back. Both tables are keyed by queue id; a body is kept as the raw
 //! message bytes (no codec: it is opaque and may be megabytes).
 
+use hamail_types::queue::ResultApplied;
 use hamail_types::{
     NewMessage, Outcome, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus,
 };
@@ -173,21 +174,27 @@ impl Applier<'_> {
             }
         }
         // One notice per bounce: none for a repeated result, none to `<>`.
-        let mut noticed = String::new();
+        let mut noticed = None;
         if let Some(n) = notice
             && newly_bounced > 0
             && e.sender.is_some()
             && self.queue_insert(n, ctx)?.is_applied()
         {
-            noticed = format!(", bounce notice {}", n.queue_id);
+            noticed = Some(n.queue_id.clone());
         }
-        if e.recipients.iter().all(|r| r.status.is_final()) {
+        let removed = e.recipients.iter().all(|r| r.status.is_final());
+        if removed {
             self.delete(Table::Bodies, key.clone());
             self.delete(Table::Queue, key);
-            return Ok(Outcome::applied(format!("{queue_id}: removed{noticed}")));
+        } else {
+            self.put(Table::Queue, key, &e);
         }
-        self.put(Table::Queue, key, &e);
-        Ok(Outcome::applied(format!("{queue_id}: updated{noticed}")))
+        let done = ResultApplied {
+            queue_id: queue_id.clone(),
+            removed,
+            notice: noticed,
+        };
+        Ok(Outcome::applied(done.to_string()))
     }
 
     pub(crate) fn queue_reassign(

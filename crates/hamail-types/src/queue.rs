@@ -63,6 +63,51 @@ impl QueueId {
     }
 }
 
+/// What a counted delivery result did to its message (a `QueueResult`
+/// applied under the message's epoch). The state machine answers it as the
+/// outcome's detail text (`<id>: removed, bounce notice <id>`); this type
+/// writes that text and reads it back, so no other code handles the words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultApplied {
+    pub queue_id: QueueId,
+    /// Every recipient is final now: the message left the queue.
+    pub removed: bool,
+    /// The bounce notice the result queued (it newly bounced someone).
+    pub notice: Option<QueueId>,
+}
+
+impl fmt::Display for ResultApplied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.removed { "removed" } else { "updated" };
+        write!(f, "{}: {what}", self.queue_id)?;
+        if let Some(n) = &self.notice {
+            write!(f, ", bounce notice {n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ResultApplied {
+    /// Reads back the detail `Display` wrote; `None` for any other text.
+    pub fn from_detail(detail: &str) -> Option<Self> {
+        let (id, rest) = detail.split_once(": ")?;
+        let (what, notice) = match rest.split_once(", bounce notice ") {
+            Some((w, n)) => (w, Some(QueueId::parse(n).ok()?)),
+            None => (rest, None),
+        };
+        let removed = match what {
+            "removed" => true,
+            "updated" => false,
+            _ => return None,
+        };
+        Some(ResultApplied {
+            queue_id: QueueId::parse(id).ok()?,
+            removed,
+            notice,
+        })
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -245,6 +290,38 @@ impl QueueSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_detail_reads_back_as_written() {
+        let id = QueueId::new(1_700_000_000_000_000, 1);
+        let notice = QueueId::new(1_700_000_000_000_001, 2);
+        for r in [
+            ResultApplied {
+                queue_id: id.clone(),
+                removed: true,
+                notice: None,
+            },
+            ResultApplied {
+                queue_id: id.clone(),
+                removed: false,
+                notice: Some(notice),
+            },
+        ] {
+            assert_eq!(ResultApplied::from_detail(&r.to_string()), Some(r));
+        }
+        assert_eq!(
+            format!(
+                "{}",
+                ResultApplied {
+                    queue_id: id.clone(),
+                    removed: true,
+                    notice: None
+                }
+            ),
+            format!("{id}: removed")
+        );
+        assert_eq!(ResultApplied::from_detail("queued as 0123"), None);
+    }
 
     #[test]
     fn queue_ids_are_hex_ordered_and_parse_back() {

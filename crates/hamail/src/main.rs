@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod metrics;
-mod mta;
+mod queue_backend;
 mod serve;
 
 #[derive(Debug, Parser)]

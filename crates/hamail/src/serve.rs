@@ -108,12 +108,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Cluster connections leave from the RPC address: peers see who dials.
     hamail_raft::set_source_ip(cfg.rpc.listen.ip());
 
-    let smtp_listeners = crate::mta::bind(&cfg).await?;
-    let delivery = crate::mta::delivery_settings(&cfg)?;
+    let smtp_listeners = crate::queue_backend::bind(&cfg).await?;
+    let delivery = crate::queue_backend::delivery_settings(&cfg)?;
 
     let store = Store::open(&data_dir.join("db"))?;
     let (smtp_backend, smtpds) =
-        crate::mta::smtpds(&cfg, &data_dir, store.clone(), smtp_listeners)?;
+        crate::queue_backend::smtpds(&cfg, &data_dir, store.clone(), smtp_listeners)?;
     let settings = ClusterSettings {
         cluster_name: cfg.cluster.name.clone(),
         info: NodeInfo {
@@ -196,7 +196,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         applied_rx.clone(),
         cancel.clone(),
     );
-    let smtp = crate::mta::start(
+    let smtp = crate::queue_backend::start(
         cluster.clone(),
         smtp_backend.clone(),
         smtpds,
@@ -208,7 +208,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         applied_rx.clone(),
         cancel.clone(),
     ));
-    let lease = tokio::spawn(crate::mta::lease_keeper(
+    let lease = tokio::spawn(crate::queue_backend::lease_keeper(
         smtp_backend,
         Duration::from_secs(cfg.delivery.lease_secs),
         Duration::from_secs(cfg.delivery.lease_check_interval_secs),

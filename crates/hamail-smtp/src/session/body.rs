@@ -166,7 +166,7 @@ impl<B: Backend> Session<B> {
             }
             Err(e) => {
                 tracing::warn!(target: "postfix/cleanup", "{queue_id}: {e}");
-                return Ok(self.error(&format!("550 5.4.6 Error: {}", printable(&e))));
+                return Ok(self.error(&format!("550 5.4.6 Error: {}", printable(&e.to_string()))));
             }
         };
         let single = (txn.recipients.len() == 1).then(|| txn.recipients[0].to_string());

@@ -1,7 +1,8 @@
-//! Wires the smtpd to the cluster: recipient checks read the local applied
-//! tables; a message is proposed as one `QueueInsert` and acknowledged when
-//! the proposal returns, i.e. when the entry is committed on a majority and
-//! applied by the leader.
+//! The smtpd's [`Backend`] and the queue manager's [`QueueStore`] over the
+//! store and raft: recipient checks read the local applied tables; a message
+//! is proposed as one `QueueInsert` and acknowledged when the proposal
+//! returns, i.e. when the entry is committed on a majority and applied by
+//! the leader. Also the lease timer that asks `outbound::lease` on the leader.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use hamail_config::Config;
 use hamail_raft::{Cluster, ProposeError, RaftNode};
-use hamail_smtp::outbound::client::{ClientOptions, TlsLevel};
+use hamail_smtp::outbound::client::ClientOptions;
+use hamail_smtp::outbound::lease::{LeaderView, handovers};
 use hamail_smtp::outbound::{DeliverySettings, QueueStore, route};
-use hamail_smtp::{Backend, EnqueueError, Settings, Smtpd, Tables};
+use hamail_smtp::{Backend, BackendError, EnqueueError, Settings, Smtpd, Tables};
 use hamail_store::Store;
 use hamail_types::{
     Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, QueueEntry, QueueId,
@@ -84,26 +86,34 @@ impl ClusterBackend {
     }
 }
 
+/// A store read error as the operator sees it.
+fn read_error(e: hamail_store::StoreError) -> BackendError {
+    BackendError::Read(e.to_string())
+}
+
 impl Tables for ClusterBackend {
-    fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, String> {
+    fn domain_kind(&self, domain: &DomainName) -> Result<Option<DomainKind>, BackendError> {
         self.store
             .domain(domain)
             .map(|d| d.map(|d| d.kind))
-            .map_err(|e| e.to_string())
+            .map_err(read_error)
     }
 
-    fn recipient_known(&self, address: &MailAddress) -> Result<bool, String> {
+    fn recipient_known(&self, address: &MailAddress) -> Result<bool, BackendError> {
         self.store
             .recipient(address)
             .map(|r| r.is_some())
-            .map_err(|e| e.to_string())
+            .map_err(read_error)
     }
 
-    fn alias_targets(&self, address: &MailAddress) -> Result<Option<Vec<MailAddress>>, String> {
+    fn alias_targets(
+        &self,
+        address: &MailAddress,
+    ) -> Result<Option<Vec<MailAddress>>, BackendError> {
         self.store
             .alias(address)
             .map(|r| r.map(|r| r.targets))
-            .map_err(|e| e.to_string())
+            .map_err(read_error)
     }
 }
 
@@ -161,9 +171,9 @@ impl QueueStore for ClusterBackend {
             && matches!(self.store.queue_entry(id), Ok(Some(e)) if e.owner == me && e.epoch == epoch)
     }
 
-    fn owned(&self) -> Result<Vec<QueueEntry>, String> {
+    fn owned(&self) -> Result<Vec<QueueEntry>, BackendError> {
         let me = Backend::node_id(self);
-        let all = self.store.queue_entries().map_err(|e| e.to_string())?;
+        let all = self.store.queue_entries().map_err(read_error)?;
         Ok(all
             .into_iter()
             .filter(|e| e.owner == me && !e.held)
@@ -171,22 +181,22 @@ impl QueueStore for ClusterBackend {
             .collect())
     }
 
-    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, String> {
-        self.store.queue_body(id).map_err(|e| e.to_string())
+    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, BackendError> {
+        self.store.queue_body(id).map_err(read_error)
     }
 
-    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, String> {
+    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, BackendError> {
         Tables::domain_kind(self, d)
     }
 
     fn transport(
         &self,
         d: &DomainName,
-    ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, String> {
+    ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, BackendError> {
         self.store
             .transport(d)
             .map(|t| t.map(|t| (t.spec, t.fallback)))
-            .map_err(|e| e.to_string())
+            .map_err(read_error)
     }
 
     fn own_smtp_addrs(&self) -> Vec<SocketAddr> {
@@ -210,11 +220,13 @@ impl QueueStore for ClusterBackend {
         route::own_addresses(&self.own_listen, &interfaces, &peers)
     }
 
-    async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, String> {
+    async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, BackendError> {
         let Some(node) = self.node().cloned() else {
-            return Err("this node is not in a cluster yet".into());
+            return Err(BackendError::NotInCluster);
         };
-        node.propose(commands).await.map_err(|e| e.to_string())
+        node.propose(commands)
+            .await
+            .map_err(|e| BackendError::Commit(e.to_string()))
     }
 }
 
@@ -250,7 +262,6 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
     };
     let (tls_any, tls_verify) =
         hamail_smtp::outbound::tls_client::client_configs(&d.smtp_tls_ca_file)?;
-    let level = |s: &str| s.parse::<TlsLevel>().map_err(anyhow::Error::msg);
     let sasl_passwords = if d.smtp_sasl_password_maps.is_empty() {
         Default::default()
     } else {
@@ -272,7 +283,7 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
             lmtp: false,
             connect_timeout: Duration::from_secs(d.smtp_connect_timeout_secs),
             command_timeout: Duration::from_secs(d.smtp_timeout_secs),
-            tls: level(&d.smtp_tls_security_level.to_string())?,
+            tls: d.smtp_tls_security_level,
             tls_any,
             tls_verify,
             sasl: None,
@@ -280,8 +291,8 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
         tls_policy: d
             .smtp_tls_policy
             .iter()
-            .map(|(k, v)| Ok((k.to_ascii_lowercase(), level(&v.to_string())?)))
-            .collect::<anyhow::Result<_>>()?,
+            .map(|(k, v)| (k.to_ascii_lowercase(), *v))
+            .collect(),
         sasl_passwords,
         destination_concurrency: d.default_destination_concurrency_limit,
         total_concurrency: d.delivery_concurrency,
@@ -316,46 +327,27 @@ pub async fn lease_keeper(
             leader_since = None;
             continue;
         }
+        // A new leader has not watched anyone for a whole lease yet: the
+        // lease rule waits (`leader_for`).
         let since = *leader_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() < lease {
-            // A new leader has not watched anyone for a whole lease yet.
-            continue;
-        }
-        let me = node.node_id();
-        let alive = |id: u64| {
-            id == me
-                || node
-                    .contacts()
-                    .since(id)
-                    .is_some_and(|c| c < Duration::from_millis(3000).max(lease / 10))
-        };
-        let live: Vec<u64> = status
-            .voters
-            .iter()
-            .copied()
-            .filter(|id| alive(*id))
-            .collect();
-        let lost = |id: u64| {
-            id != me
-                && (!status.nodes.contains_key(&id)
-                    || node.contacts().since(id).is_none_or(|c| c >= lease))
-        };
         let owners: std::collections::BTreeSet<u64> = match backend.store.queue_entries() {
             Ok(q) => q.iter().map(|e| e.owner).collect(),
             Err(_) => continue,
         };
-        for owner in owners.into_iter().filter(|o| lost(*o)) {
-            let to: Vec<u64> = live.iter().copied().filter(|n| *n != owner).collect();
-            if to.is_empty() {
-                continue;
-            }
-            match node
-                .propose(vec![Command::QueueReassign {
-                    from: owner,
-                    to: to.clone(),
-                }])
-                .await
-            {
+        let due = {
+            let contacts = node.contacts();
+            let view = LeaderView {
+                me: node.node_id(),
+                leader_for: since.elapsed(),
+                voters: &status.voters,
+                is_member: &|id| status.nodes.contains_key(&id),
+                silent_for: &|id| contacts.since(id),
+            };
+            handovers(&view, &owners, lease)
+        };
+        for handover in due {
+            let owner = handover.from;
+            match node.propose(vec![handover.command()]).await {
                 Ok(o) => tracing::warn!(
                     target: "postfix/qmgr",
                     "node {owner} unreachable for over {} s: {:?}",
