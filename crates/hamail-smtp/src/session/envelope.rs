@@ -15,7 +15,8 @@ impl<B: Backend> Session<B> {
         let host = host.trim();
         if host.is_empty() {
             let verb = if esmtp { "EHLO" } else { "HELO" };
-            // As before the split: the count goes on, the session too.
+            // Counted, but the session goes on even past the error limit
+            // (as it always has; see the issue 13 report).
             let _ = self.error(&format!("501 5.5.4 Syntax: {verb} hostname"));
             return;
         }
