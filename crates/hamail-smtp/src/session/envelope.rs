@@ -15,8 +15,9 @@ impl<B: Backend> Session<B> {
         let host = host.trim();
         if host.is_empty() {
             let verb = if esmtp { "EHLO" } else { "HELO" };
-            // Counted, but the session goes on even past the error limit
-            // (as it always has; see the issue 13 report).
+            // Counted, but the session goes on even past the error limit:
+            // unlike every other error reply (kept as it was; a candidate
+            // for a fix of its own).
             let _ = self.error(&format!("501 5.5.4 Syntax: {verb} hostname"));
             return;
         }
