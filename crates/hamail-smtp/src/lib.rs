@@ -2,7 +2,16 @@
 //! the cluster's domains (and from mynetworks for anywhere) and answers 250
 //! only when the backend — the replicated queue — has it on a majority.
 //!
-//! The crate knows nothing of raft: the binary hands it a [`Backend`].
+//! The crate knows nothing of raft: the binary hands it a [`Backend`] (and
+//! the queue manager an [`outbound::QueueStore`]).
+//!
+//! Layout, in the order a message meets it:
+//! - `server.rs`: the listener, connection limits, one task per session
+//! - `session/`: one SMTP session by phase (`conn.rs` socket IO,
+//!   `envelope.rs` HELO/MAIL/RCPT, `body.rs` DATA/BDAT and the 250 after
+//!   the commit, `starttls.rs`), over `data.rs` (pure body readers),
+//!   `policy.rs` (recipient checks, aliases) and `headers.rs`
+//! - `outbound/`: delivery of queued mail, by role (see its `mod.rs`)
 
 mod data;
 mod headers;
