@@ -570,6 +570,7 @@ fn a_certificate_minted_for_another_node_is_refused() {
         2,
         stolen.ca_pem().to_string(),
         stolen.ca_key_pem().to_string(),
+        vec![],
         minted,
         key,
     )

@@ -141,6 +141,11 @@ pub enum AdminRequest {
     ClusterRemove {
         node: String,
     },
+    /// Rotate the cluster CA (or continue a rotation), waiting up to
+    /// `wait_secs` for every member at each phase.
+    ClusterRotateCa {
+        wait_secs: u64,
+    },
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.

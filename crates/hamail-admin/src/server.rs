@@ -423,6 +423,18 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
                 .await
                 .map(|m| WriteResult { applied: vec![m] }),
         ),
+        AdminRequest::ClusterRotateCa { wait_secs } => {
+            if wait_secs == 0 || wait_secs > 86400 {
+                return AdminResponse::error("wait must be from 1 s to 1 day");
+            }
+            tracing::info!("rotating the cluster CA");
+            cluster_reply(
+                ctx.cluster
+                    .rotate_ca(std::time::Duration::from_secs(wait_secs))
+                    .await
+                    .map(|applied| WriteResult { applied }),
+            )
+        }
         AdminRequest::ClusterRemove { node } => cluster_reply(
             ctx.cluster
                 .remove(&node)

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hamail_store::{NodeRecord, Store, Table, decode, encode};
+use hamail_store::{Store, decode, encode};
 use hamail_types::{Command, NodeId, NodeInfo, Outcome};
 use openraft::ChangeMembers;
 use tokio::net::TcpListener;
@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::network::{Contacts, Network};
 use crate::node::leader_info;
-use crate::pki::{JoinToken, Pki, join_client_config, server_name};
+use crate::pki::{JoinToken, Pki, join_client_config, pem_fingerprint, server_name};
 use crate::rpc::{
     AdminOp, ClusterView, JoinGrant, MemberView, RpcClient, RpcHandler, RpcRequest, RpcResponse,
 };
+use crate::trust::{PeerTls, Pins};
 use crate::{NodeOptions, ProposeError, RaftNode};
 
 const KEY_NODE_ID: &str = "node_id";
@@ -63,7 +64,7 @@ pub struct ClusterSettings {
 
 struct Running {
     node: Arc<RaftNode>,
-    pki: Pki,
+    tls: Arc<PeerTls>,
 }
 
 pub struct Cluster {
@@ -172,17 +173,32 @@ impl Cluster {
             .map(|r| r.node.clone())
     }
 
-    async fn require_node(&self) -> Result<(Arc<RaftNode>, Pki), ClusterError> {
+    pub(crate) fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// Serialises init, join, leave and CA rotation on this node.
+    pub(crate) async fn lifecycle_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lifecycle.lock().await
+    }
+
+    pub(crate) async fn require_node(&self) -> Result<(Arc<RaftNode>, Arc<PeerTls>), ClusterError> {
         let r = self.running.read().await;
         let r = r.as_ref().ok_or(ClusterError::NotInCluster)?;
-        Ok((r.node.clone(), r.pki.clone()))
+        Ok((r.node.clone(), r.tls.clone()))
     }
 
     /// Starts raft and the RPC service as node `id`.
     async fn start(&self, id: NodeId, pki: Pki) -> Result<Arc<RaftNode>, ClusterError> {
+        let tls = PeerTls::new(pki, Pins::new(self.store.clone(), self.seed_pins.clone()))?;
+        // A rotation step applied before a crash or a stop: take it now,
+        // before the first handshake.
+        if let Err(e) = tls.reconcile(&self.store) {
+            tracing::error!(error = %e, "cannot take the cluster's CA state");
+        }
         let network = Network {
             me: id,
-            tls: pki.client_config()?,
+            tls: tls.clone(),
             contacts: Arc::new(Contacts::default()),
             elision: Arc::new(crate::network::Elision::new(
                 Duration::from_millis(self.settings.node.heartbeat_interval_ms),
@@ -205,28 +221,31 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Refused("the RPC listener is already in use".into()))?;
         let service = Arc::new(Service {
             node: node.clone(),
-            pki: pki.clone(),
+            tls: tls.clone(),
             seeds: self.seeds.clone(),
-            pins: Pins {
-                store: self.store.clone(),
-                seeds: self.seed_pins.clone(),
-            },
             cluster_name: self.settings.cluster_name.clone(),
         });
         let task = tokio::spawn(crate::rpc::serve(
             listener,
-            pki.server_config()?,
+            tls.clone(),
             service,
             self.cancel.child_token(),
         ));
         let promote = tokio::spawn(promoter(node.clone(), self.cancel.child_token()));
+        let follow = tokio::spawn(crate::trust::follow_ca_state(
+            tls.clone(),
+            self.store.clone(),
+            node.raft.clone(),
+            self.cancel.child_token(),
+        ));
         if let Ok(mut t) = self.tasks.lock() {
             t.push(task);
             t.push(promote);
+            t.push(follow);
         }
         *self.running.write().await = Some(Running {
             node: node.clone(),
-            pki,
+            tls,
         });
         tracing::info!(node_id = id, "raft and cluster RPC started");
         Ok(node)
@@ -286,8 +305,8 @@ impl Cluster {
 
     /// A single-use join token, valid for `ttl`.
     pub async fn token(&self, ttl: Duration) -> Result<String, ClusterError> {
-        let (node, pki) = self.require_node().await?;
-        let token = JoinToken::generate(pki.ca_fingerprint()?)?;
+        let (node, tls) = self.require_node().await?;
+        let token = JoinToken::generate(tls.pki().ca_fingerprint()?)?;
         let outcome = node
             .propose(vec![Command::TokenAdd {
                 token_hash: token.hash(),
@@ -340,13 +359,13 @@ impl Cluster {
             }
             Err(e) => return Err(e.into()),
         };
-        if crate::pki::fingerprint(
-            rustls::pki_types::pem::PemObject::from_pem_slice(grant.ca_pem.as_bytes())
-                .map(|c: rustls::pki_types::CertificateDer<'static>| c.as_ref().to_vec())
-                .map_err(|e| ClusterError::Refused(format!("CA certificate: {e}")))?
-                .as_slice(),
-        ) != token.ca_fingerprint
-        {
+        // The token pins one CA the cluster trusts: the signing one, or,
+        // during a CA rotation, the other.
+        let mut sent = vec![pem_fingerprint(&grant.ca_pem)?];
+        for t in &grant.trusted {
+            sent.push(pem_fingerprint(t)?);
+        }
+        if !sent.contains(&token.ca_fingerprint) {
             return Err(ClusterError::Refused(
                 "the cluster sent a CA that does not match the token".into(),
             ));
@@ -357,6 +376,7 @@ impl Cluster {
             id,
             grant.ca_pem,
             grant.ca_key_pem,
+            grant.trusted,
             grant.node_pem,
             key_pem,
         )?;
@@ -649,50 +669,11 @@ fn local_view(node: &Arc<RaftNode>) -> ClusterView {
     }
 }
 
-/// The pinned certificate keys of the members: the replicated `nodes`
-/// table, or, on a node that joined and has not applied it yet, what the
-/// member that admitted it sent.
-#[derive(Clone)]
-pub(crate) struct Pins {
-    store: Store,
-    seeds: Arc<RwLock<BTreeMap<NodeId, String>>>,
-}
-
-impl Pins {
-    /// The key pinned for `id`, if known.
-    fn pinned(&self, id: NodeId) -> Option<String> {
-        let stored = self
-            .store
-            .get(Table::Nodes, &id.to_be_bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| decode::<NodeRecord>("node", &v).ok())
-            .filter(|r| !r.key_sha256.is_empty())
-            .map(|r| r.key_sha256);
-        stored.or_else(|| self.seeds.read().ok()?.get(&id).cloned())
-    }
-
-    /// Whether `key_sha256` is the key pinned for `id`.
-    pub(crate) fn check(&self, id: NodeId, key_sha256: &str) -> Result<(), String> {
-        match self.pinned(id) {
-            Some(pin) if pin == key_sha256 => Ok(()),
-            Some(_) => Err(format!(
-                "the certificate for node {id} does not carry the key pinned for node {id} \
-                 (a certificate minted for another node's id?)"
-            )),
-            None => Err(format!(
-                "no key is pinned for node {id} on this node yet; retry once it applied the log"
-            )),
-        }
-    }
-}
-
 /// The RPC service of a member.
 struct Service {
     node: Arc<RaftNode>,
-    pki: Pki,
+    tls: Arc<PeerTls>,
     seeds: Arc<RwLock<BTreeMap<NodeId, NodeInfo>>>,
-    pins: Pins,
     cluster_name: String,
 }
 
@@ -720,7 +701,7 @@ impl RpcHandler for Service {
                 "node {id} is not a member of this cluster (removed?)"
             ));
         }
-        self.pins.check(id, key_sha256)
+        self.tls.pins.check(id, key_sha256)
     }
 
     fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
@@ -770,6 +751,7 @@ impl RpcHandler for Service {
                 RpcResponse::Admin(leader_admin(&self.node, op).await)
             }
             RpcRequest::Status => RpcResponse::Status(Ok(local_view(&self.node))),
+            RpcRequest::CaStatus => RpcResponse::CaStatus(self.tls.view()),
             RpcRequest::Join {
                 token_secret,
                 csr_pem,
@@ -874,10 +856,8 @@ impl Service {
             Some(Outcome::Rejected { reason }) => return Err(reason),
             other => return Err(format!("unexpected outcome {other:?}")),
         };
-        let node_pem = self
-            .pki
-            .issue(node_id, &csr_pem)
-            .map_err(|e| e.to_string())?;
+        let pki = self.tls.pki();
+        let node_pem = pki.issue(node_id, &csr_pem).map_err(|e| e.to_string())?;
         // The certificate carries the key that was pinned (same request).
         if crate::pki::pem_key_sha256(&node_pem).map_err(|e| e.to_string())? != key_sha256 {
             return Err("the issued certificate does not carry the pinned key".into());
@@ -894,7 +874,7 @@ impl Service {
             .collect();
         let pins = members
             .keys()
-            .filter_map(|id| Some((*id, self.pins.pinned(*id)?)))
+            .filter_map(|id| Some((*id, self.tls.pins.pinned(*id)?)))
             .collect();
         admin(
             &self.node,
@@ -909,11 +889,12 @@ impl Service {
         Ok(JoinGrant {
             node_id,
             node_pem,
-            ca_pem: self.pki.ca_pem().to_string(),
-            ca_key_pem: self.pki.ca_key_pem().to_string(),
+            ca_pem: pki.ca_pem().to_string(),
+            ca_key_pem: pki.ca_key_pem().to_string(),
             cluster_name: self.cluster_name.clone(),
             members,
             pins,
+            trusted: pki.trusted_pems().to_vec(),
         })
     }
 }

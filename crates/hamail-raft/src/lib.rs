@@ -11,9 +11,11 @@ mod log_store;
 mod network;
 mod node;
 pub mod pki;
+mod rotate;
 pub mod rpc;
 mod snapshot_files;
 mod state_machine;
+mod trust;
 mod types;
 
 pub use cluster::{Cluster, ClusterError, ClusterSettings, parse_ttl};

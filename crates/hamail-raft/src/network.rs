@@ -18,7 +18,6 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::pki::server_name;
 use crate::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
 use crate::{NodeInfo, TypeConfig};
 
@@ -43,7 +42,7 @@ impl Contacts {
 #[derive(Clone)]
 pub struct Network {
     pub(crate) me: u64,
-    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) tls: Arc<crate::trust::PeerTls>,
     pub(crate) contacts: Arc<Contacts>,
     /// This node's raft metrics, once raft runs (see `Elision`).
     pub(crate) elision: Arc<Elision>,
@@ -123,7 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             me: self.me,
             target,
-            rpc: RpcClient::new(node.rpc_addr.clone(), server_name(target), self.tls.clone()),
+            rpc: RpcClient::to_member(node.rpc_addr.clone(), self.tls.clone(), target),
             contacts: self.contacts.clone(),
             elision: self.elision.clone(),
             acked: None,

@@ -22,7 +22,6 @@ use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::network::{Contacts, Network};
-use crate::pki::server_name;
 use crate::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
 use crate::{HamailRaft, NodeInfo, Request, open_storage};
 
@@ -114,13 +113,13 @@ struct Proposal {
 
 /// Connections to the leader, one per batch in flight.
 pub(crate) struct Forwarder {
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<crate::trust::PeerTls>,
     timeout: Duration,
     slots: Vec<tokio::sync::Mutex<Option<(NodeId, RpcClient)>>>,
 }
 
 impl Forwarder {
-    fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration, in_flight: usize) -> Self {
+    fn new(tls: Arc<crate::trust::PeerTls>, timeout: Duration, in_flight: usize) -> Self {
         Forwarder {
             tls,
             timeout,
@@ -167,7 +166,7 @@ impl Forwarder {
         {
             *slot = Some((
                 leader,
-                RpcClient::new(info.rpc_addr.clone(), server_name(leader), self.tls.clone()),
+                RpcClient::to_member(info.rpc_addr.clone(), self.tls.clone(), leader),
             ));
         }
         let Some((_, client)) = slot.as_mut() else {

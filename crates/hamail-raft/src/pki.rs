@@ -2,9 +2,12 @@
 //! carry the node id (SAN `node-<id>`), join tokens that pin the CA by the
 //! SHA-256 of its certificate, and the rustls configurations built on them.
 //!
-//! Files in `<data_dir>/pki/`: `ca.pem`, `ca.key` (0600), `node.pem`,
-//! `node.key` (0600). Every node holds the CA key, so any surviving site can
-//! admit a replacement node; back the directory up with the data.
+//! Files in `<data_dir>/pki/` (all 0600): `ca.pem` and `ca.key`, the CA
+//! that signs; `trusted.pem`, every CA a member certificate may come from
+//! (absent: `ca.pem` alone; two CAs during a `cluster rotate-ca`);
+//! `node.pem` and `node.key`. Every node holds the signing CA's key, so any
+//! surviving site can admit a replacement node; back the directory up with
+//! the data.
 
 use std::fs;
 use std::io::Write;
@@ -12,6 +15,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hamail_types::{CaMaterial, CaState};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
@@ -128,8 +132,11 @@ fn read(path: &Path) -> Result<String, PkiError> {
 pub struct Pki {
     pub dir: PathBuf,
     pub node_id: u64,
+    /// The signing CA.
     ca_pem: String,
     ca_key_pem: String,
+    /// Every trusted CA certificate (PEM), the signing one included.
+    trusted: Vec<String>,
     node_pem: String,
     node_key_pem: String,
 }
@@ -169,6 +176,52 @@ fn load_issuer(ca_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair
         .map_err(cert_err)
 }
 
+/// A new self-signed CA named `common_name`.
+pub fn generate_ca(common_name: &str) -> Result<CaMaterial, PkiError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, common_name.to_string());
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(3650 * 2);
+    let ca = p.self_signed(&key).map_err(cert_err)?;
+    Ok(CaMaterial {
+        fingerprint: fingerprint(ca.der().as_ref()),
+        cert_pem: ca.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// SHA-256 (hex) of a PEM certificate's DER.
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(cert_err)?;
+    Ok(fingerprint(der.as_ref()))
+}
+
+/// The certificates of a PEM bundle, each as its own PEM text.
+fn split_pem(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        out.push(format!("{}\n", &rest[start..stop]));
+        rest = &rest[stop..];
+    }
+    out
+}
+
 /// A key pair and certificate request for a joining node.
 pub fn make_csr() -> Result<(String, String), PkiError> {
     let key = KeyPair::generate().map_err(cert_err)?;
@@ -191,23 +244,8 @@ impl Pki {
 
     /// Creates the cluster CA and the first node's certificate.
     pub fn create(data_dir: &Path, cluster_name: &str, node_id: u64) -> Result<Pki, PkiError> {
-        let key = KeyPair::generate().map_err(cert_err)?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::CommonName, format!("hamail CA {cluster_name}"));
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::hours(1);
-        p.not_after = now + time::Duration::days(3650 * 2);
-        let ca = p.self_signed(&key).map_err(cert_err)?;
-        let ca_pem = ca.pem();
-        let ca_key_pem = key.serialize_pem();
+        let ca = generate_ca(&format!("hamail CA {cluster_name}"))?;
+        let (ca_pem, ca_key_pem) = (ca.cert_pem, ca.key_pem);
         let issuer = load_issuer(&ca_pem, &ca_key_pem)?;
         let node_key = KeyPair::generate().map_err(cert_err)?;
         let node_pem = node_params(node_id)?
@@ -217,6 +255,7 @@ impl Pki {
         let pki = Pki {
             dir: Self::dir_of(data_dir),
             node_id,
+            trusted: vec![ca_pem.clone()],
             ca_pem,
             ca_key_pem,
             node_pem,
@@ -226,33 +265,124 @@ impl Pki {
         Ok(pki)
     }
 
-    /// Stores what a joining node received.
+    /// Stores what a joining node received. `trusted` lists the CAs other
+    /// than `ca_pem` that members' certificates may come from.
     pub fn from_join(
         data_dir: &Path,
         node_id: u64,
         ca_pem: String,
         ca_key_pem: String,
+        trusted: Vec<String>,
         node_pem: String,
         node_key_pem: String,
     ) -> Result<Pki, PkiError> {
+        let mut all = vec![ca_pem.clone()];
+        all.extend(trusted.into_iter().filter(|t| t.trim() != ca_pem.trim()));
         let pki = Pki {
             dir: Self::dir_of(data_dir),
             node_id,
             ca_pem,
             ca_key_pem,
+            trusted: all,
             node_pem,
             node_key_pem,
         };
+        pki.check()?;
         pki.save()?;
         Ok(pki)
     }
 
-    fn save(&self) -> Result<(), PkiError> {
+    /// Checks that the material is usable: the node certificate is for
+    /// this node and comes from a trusted CA, every CA parses.
+    fn check(&self) -> Result<(), PkiError> {
+        let got = self.node_cert()?;
+        if peer_node_id(&got) != Some(self.node_id) {
+            return Err(PkiError::Cert(format!(
+                "node.pem is not the certificate of node {}",
+                self.node_id
+            )));
+        }
+        for t in &self.trusted {
+            CertificateDer::from_pem_slice(t.as_bytes()).map_err(cert_err)?;
+        }
+        if self.issuer_pem().is_none() {
+            return Err(PkiError::Cert(
+                "node.pem is not signed by a trusted CA".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's PKI as the replicated CA state wants it: trusting its
+    /// CAs, holding its signing CA, and presenting this node's own key
+    /// certified by that CA (re-signed if it is not yet). `None` when this
+    /// material is already that.
+    pub fn for_ca_state(&self, state: &CaState) -> Result<Option<Pki>, PkiError> {
+        let signing = state
+            .signing_ca()
+            .ok_or_else(|| PkiError::Cert("the replicated CA state names no signing CA".into()))?;
+        for ca in &state.trusted {
+            let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(cert_err)?;
+            if fingerprint(der.as_ref()) != ca.fingerprint {
+                return Err(PkiError::Cert(format!(
+                    "the replicated CA {} does not match its fingerprint",
+                    ca.fingerprint
+                )));
+            }
+        }
+        let trusted: Vec<String> = state.trusted.iter().map(|c| c.cert_pem.clone()).collect();
+        let same_trust = {
+            let mut a = self.trusted_fingerprints();
+            let mut b: Vec<String> = state
+                .trusted
+                .iter()
+                .map(|c| c.fingerprint.clone())
+                .collect();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        let signed_by_signing =
+            self.presenting_fingerprint().as_deref() == Some(&signing.fingerprint);
+        if same_trust
+            && signed_by_signing
+            && self.ca_fingerprint().ok().as_deref() == Some(&signing.fingerprint)
+        {
+            return Ok(None);
+        }
+        let node_pem = if signed_by_signing {
+            self.node_pem.clone()
+        } else {
+            let key = KeyPair::from_pem(&self.node_key_pem).map_err(cert_err)?;
+            let issuer = load_issuer(&signing.cert_pem, &signing.key_pem)?;
+            node_params(self.node_id)?
+                .signed_by(&key, &issuer)
+                .map_err(cert_err)?
+                .pem()
+        };
+        let next = Pki {
+            dir: self.dir.clone(),
+            node_id: self.node_id,
+            ca_pem: signing.cert_pem.clone(),
+            ca_key_pem: signing.key_pem.clone(),
+            trusted,
+            node_pem,
+            node_key_pem: self.node_key_pem.clone(),
+        };
+        next.check()?;
+        Ok(Some(next))
+    }
+
+    /// Writes the files. A crash part way leaves a directory that still
+    /// loads: `trusted.pem` (a superset during a rotation) is written first,
+    /// and a node re-derives the rest from the replicated state at start.
+    pub fn save(&self) -> Result<(), PkiError> {
         fs::create_dir_all(&self.dir).map_err(|e| PkiError::File {
             path: self.dir.display().to_string(),
             reason: e.to_string(),
         })?;
         let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
+        write_private(&self.dir.join("trusted.pem"), &self.trusted.concat())?;
         write_private(&self.dir.join("ca.key"), &self.ca_key_pem)?;
         write_private(&self.dir.join("node.key"), &self.node_key_pem)?;
         write_private(&self.dir.join("ca.pem"), &self.ca_pem)?;
@@ -262,21 +392,70 @@ impl Pki {
 
     pub fn load(data_dir: &Path, node_id: u64) -> Result<Pki, PkiError> {
         let dir = Self::dir_of(data_dir);
+        let ca_pem = read(&dir.join("ca.pem"))?;
+        let trusted_path = dir.join("trusted.pem");
+        let mut trusted = vec![ca_pem.clone()];
+        if trusted_path.exists() {
+            let signing = pem_fingerprint(&ca_pem)?;
+            for pem in split_pem(&read(&trusted_path)?) {
+                if pem_fingerprint(&pem)? != signing {
+                    trusted.push(pem);
+                }
+            }
+        }
         let pki = Pki {
-            ca_pem: read(&dir.join("ca.pem"))?,
+            ca_pem,
             ca_key_pem: read(&dir.join("ca.key"))?,
+            trusted,
             node_pem: read(&dir.join("node.pem"))?,
             node_key_pem: read(&dir.join("node.key"))?,
             dir,
             node_id,
         };
-        let got = pki.node_cert()?;
-        if peer_node_id(&got) != Some(node_id) {
-            return Err(PkiError::Cert(format!(
-                "node.pem is not the certificate of node {node_id}"
-            )));
-        }
+        pki.check()?;
         Ok(pki)
+    }
+
+    /// The signing CA as replicated material.
+    pub fn ca_material(&self) -> Result<CaMaterial, PkiError> {
+        Ok(CaMaterial {
+            fingerprint: self.ca_fingerprint()?,
+            cert_pem: self.ca_pem.clone(),
+            key_pem: self.ca_key_pem.clone(),
+        })
+    }
+
+    /// Every trusted CA certificate (PEM), the signing one first.
+    pub fn trusted_pems(&self) -> &[String] {
+        &self.trusted
+    }
+
+    /// Fingerprints of the trusted CAs.
+    pub fn trusted_fingerprints(&self) -> Vec<String> {
+        self.trusted
+            .iter()
+            .filter_map(|t| pem_fingerprint(t).ok())
+            .collect()
+    }
+
+    /// The trusted CA that signed this node's certificate.
+    fn issuer_pem(&self) -> Option<&String> {
+        let node = self.node_cert().ok()?;
+        let (_, x) = x509_parser::parse_x509_certificate(node.as_ref()).ok()?;
+        self.trusted.iter().find(|t| {
+            CertificateDer::from_pem_slice(t.as_bytes())
+                .ok()
+                .and_then(|ca| {
+                    let (_, c) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+                    Some(x.verify_signature(Some(c.public_key())).is_ok())
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// The fingerprint of the CA that signed the certificate this node presents.
+    pub fn presenting_fingerprint(&self) -> Option<String> {
+        pem_fingerprint(self.issuer_pem()?).ok()
     }
 
     pub fn ca_pem(&self) -> &str {
@@ -318,15 +497,24 @@ impl Pki {
 
     fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         let mut r = RootCertStore::empty();
-        r.add(self.ca_cert()?).map_err(tls_err)?;
+        for t in &self.trusted {
+            r.add(CertificateDer::from_pem_slice(t.as_bytes()).map_err(cert_err)?)
+                .map_err(tls_err)?;
+        }
         Ok(Arc::new(r))
     }
 
+    /// The node certificate, then every trusted CA: a joiner finds the CA
+    /// its token pins among them whichever phase a rotation is in.
     fn chain_and_key(
         &self,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
         let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.as_bytes()).map_err(cert_err)?;
-        Ok((vec![self.node_cert()?, self.ca_cert()?], key))
+        let mut chain = vec![self.node_cert()?];
+        for t in &self.trusted {
+            chain.push(CertificateDer::from_pem_slice(t.as_bytes()).map_err(cert_err)?);
+        }
+        Ok((chain, key))
     }
 
     /// Server side: TLS 1.3; a client certificate from our CA is checked if

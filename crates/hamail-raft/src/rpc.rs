@@ -31,7 +31,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::TypeConfig;
-use crate::pki::{key_sha256, peer_node_id};
+use crate::pki::{key_sha256, peer_node_id, server_name};
+use crate::trust::{CaView, PeerTls};
 
 /// Largest frame between members. What it must hold: one raft entry (a
 /// batch stops growing at 4 MiB; a single mail message may exceed that, up
@@ -70,6 +71,8 @@ pub enum RpcRequest {
         csr_pem: String,
         info: NodeInfo,
     },
+    /// Which CAs the node trusts and presents (`cluster rotate-ca`).
+    CaStatus,
 }
 
 /// Leader-only membership operations.
@@ -95,6 +98,9 @@ pub struct JoinGrant {
     pub members: BTreeMap<NodeId, NodeInfo>,
     /// Their pinned certificate keys, for the same time.
     pub pins: BTreeMap<NodeId, String>,
+    /// Every CA a member certificate may come from (PEM; `ca_pem` among
+    /// them): two during a CA rotation.
+    pub trusted: Vec<String>,
 }
 
 /// One member in `cluster status`.
@@ -145,6 +151,7 @@ pub enum RpcResponse {
     Joined(Result<Box<JoinGrant>, String>),
     /// The request was not allowed from this caller.
     Refused(String),
+    CaStatus(CaView),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -172,12 +179,27 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// How a client proves itself and checks the server.
+#[derive(Clone)]
+enum ClientTls {
+    /// A fixed configuration (a joiner: no certificate, the token's CA pin).
+    Fixed(Arc<rustls::ClientConfig>),
+    /// A member dialling member `node`: the member's current configuration
+    /// (it changes during a CA rotation), and the server's certificate must
+    /// carry the key pinned for `node`, whichever CA signed it.
+    Member { tls: Arc<PeerTls>, node: NodeId },
+}
+
 /// A client for one peer; reuses its connection.
 pub struct RpcClient {
     addr: String,
     server_name: rustls::pki_types::ServerName<'static>,
-    connector: TlsConnector,
+    tls: ClientTls,
     conn: Option<ClientConn>,
+    /// The `PeerTls` generation `conn` was made with: a member's connection
+    /// is made again when its TLS material changed (a CA rotation step), so
+    /// each step is proven by fresh handshakes.
+    conn_generation: u64,
     /// Overrides the process-wide source address (`set_source_ip`).
     source: Option<IpAddr>,
 }
@@ -229,6 +251,8 @@ async fn dial(addr: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> 
 }
 
 impl RpcClient {
+    /// A client with a fixed TLS configuration, checking the server's
+    /// certificate for `server_name`.
     pub fn new(
         addr: String,
         server_name: rustls::pki_types::ServerName<'static>,
@@ -237,8 +261,22 @@ impl RpcClient {
         RpcClient {
             addr,
             server_name,
-            connector: TlsConnector::from(config),
+            tls: ClientTls::Fixed(config),
             conn: None,
+            conn_generation: 0,
+            source: None,
+        }
+    }
+
+    /// A member's client for member `node`: the member's TLS of the moment,
+    /// and the server must hold the key pinned for `node`.
+    pub fn to_member(addr: String, tls: Arc<PeerTls>, node: NodeId) -> Self {
+        RpcClient {
+            addr,
+            server_name: server_name(node),
+            tls: ClientTls::Member { tls, node },
+            conn: None,
+            conn_generation: 0,
             source: None,
         }
     }
@@ -265,9 +303,13 @@ impl RpcClient {
                 reason: e.to_string(),
             })?;
         let _ = tcp.set_nodelay(true);
+        let connector = TlsConnector::from(match &self.tls {
+            ClientTls::Fixed(c) => c.clone(),
+            ClientTls::Member { tls, .. } => tls.client_config(),
+        });
         let tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            self.connector.connect(self.server_name.clone(), tcp),
+            connector.connect(self.server_name.clone(), tcp),
         )
         .await
         .map_err(|_| RpcError::Tls {
@@ -278,6 +320,26 @@ impl RpcClient {
             addr: self.addr.clone(),
             reason: e.to_string(),
         })?;
+        if let ClientTls::Member { tls: peer, node } = &self.tls {
+            // The CA says the server is node-<id>; the pin says it holds
+            // that node's key (a CA key in the wrong hands cannot mint it).
+            let key = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| key_sha256(c.as_ref()))
+                .ok_or_else(|| RpcError::Tls {
+                    addr: self.addr.clone(),
+                    reason: "the server presented no certificate".into(),
+                })?;
+            peer.pins
+                .check(*node, &key)
+                .map_err(|reason| RpcError::Tls {
+                    addr: self.addr.clone(),
+                    reason,
+                })?;
+        }
         Ok(Framed::new(tls, codec(MAX_FRAME)))
     }
 
@@ -304,6 +366,14 @@ impl RpcClient {
     }
 
     async fn call_inner(&mut self, req: &RpcRequest) -> Result<RpcResponse, RpcError> {
+        let generation = match &self.tls {
+            ClientTls::Fixed(_) => 0,
+            ClientTls::Member { tls, .. } => tls.generation(),
+        };
+        if generation != self.conn_generation {
+            self.conn = None;
+            self.conn_generation = generation;
+        }
         let mut conn = match self.conn.take() {
             Some(c) => c,
             None => self.connect().await?,
@@ -474,11 +544,10 @@ impl Gate {
 /// Accepts RPC connections until `cancel`.
 pub async fn serve<H: RpcHandler>(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    tls: Arc<PeerTls>,
     handler: Arc<H>,
     cancel: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(config);
     let gate = Arc::new(Gate::new());
     let mut conns = JoinSet::new();
     loop {
@@ -487,7 +556,9 @@ pub async fn serve<H: RpcHandler>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    let acceptor = acceptor.clone();
+                    // The configuration of the moment: a CA rotation
+                    // changes it for the next handshake.
+                    let acceptor = TlsAcceptor::from(tls.server_config());
                     let handler = handler.clone();
                     let cancel = cancel.clone();
                     let gate = gate.clone();

@@ -7,7 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hamail_types::{Command, DomainKind, DomainName, MailAddress, NodeId, NodeInfo, Outcome};
+use hamail_types::{
+    CaMaterial, CaPhase, CaState, Command, DomainKind, DomainName, MailAddress, NodeId, NodeInfo,
+    Outcome,
+};
 use rocksdb::WriteBatch;
 
 use crate::db::CF_SM_META;
@@ -18,6 +21,9 @@ use crate::tables::{
 };
 use crate::{Result, Store, StoreError, decode, encode};
 use hamail_types::zone;
+
+/// The key of the CA rotation state in `Table::Cluster`.
+pub(crate) const CA_KEY: &[u8] = b"ca";
 
 /// What apply knows of the entry a command came in: never a clock of its own.
 #[derive(Debug, Clone, Copy, Default)]
@@ -241,6 +247,9 @@ impl<'a> Applier<'a> {
                     rec.info.name
                 )))
             }
+            Command::CaRotate { old, new } => self.ca_rotate(old, new, time_ms),
+            Command::CaSwitch { fingerprint } => self.ca_switch(fingerprint, time_ms),
+            Command::CaRetire { fingerprint } => self.ca_retire(fingerprint, time_ms),
             Command::ZoneCreate { zone, records } => {
                 if self.get(Table::Zones, zone.as_str().as_bytes())?.is_some() {
                     return Ok(Outcome::rejected(format!("zone {zone} exists already")));
@@ -487,6 +496,82 @@ impl<'a> Applier<'a> {
         token.used_by = Some(id);
         self.put(Table::Tokens, token_hash.as_bytes().to_vec(), &token);
         Ok(Outcome::Admitted { node_id: id })
+    }
+
+    fn ca_state(&self) -> Result<Option<CaState>> {
+        self.get_typed::<CaState>(Table::Cluster, CA_KEY, "CA state")
+    }
+
+    fn ca_rotate(&mut self, old: &CaMaterial, new: &CaMaterial, t: u64) -> Result<Outcome> {
+        if let Some(s) = self.ca_state()? {
+            if s.phase != CaPhase::Done {
+                return Ok(Outcome::rejected(format!(
+                    "a CA rotation is under way (phase {}); `hamail cluster rotate-ca` continues it",
+                    s.phase
+                )));
+            }
+            if s.signing != old.fingerprint {
+                return Ok(Outcome::rejected(format!(
+                    "the cluster's CA is {}, not {}: the CA changed meanwhile",
+                    s.signing, old.fingerprint
+                )));
+            }
+        }
+        let state = CaState {
+            trusted: vec![old.clone(), new.clone()],
+            signing: old.fingerprint.clone(),
+            phase: CaPhase::Trust,
+            changed_ms: t,
+        };
+        self.put(Table::Cluster, CA_KEY.to_vec(), &state);
+        Ok(Outcome::applied(format!(
+            "CA rotation begun: CA {} trusted beside {}",
+            new.fingerprint, old.fingerprint
+        )))
+    }
+
+    fn ca_switch(&mut self, fingerprint: &str, t: u64) -> Result<Outcome> {
+        let Some(mut s) = self.ca_state()? else {
+            return Ok(Outcome::rejected("no CA rotation is under way"));
+        };
+        if s.phase != CaPhase::Trust {
+            return Ok(Outcome::rejected(format!(
+                "the CA rotation is in phase {}, not trust",
+                s.phase
+            )));
+        }
+        if s.signing == fingerprint || !s.trusted.iter().any(|c| c.fingerprint == fingerprint) {
+            return Ok(Outcome::rejected(format!(
+                "CA {fingerprint} is not the CA being rotated in"
+            )));
+        }
+        s.signing = fingerprint.to_string();
+        s.phase = CaPhase::Switch;
+        s.changed_ms = t;
+        self.put(Table::Cluster, CA_KEY.to_vec(), &s);
+        Ok(Outcome::applied(format!("CA {fingerprint} signs")))
+    }
+
+    fn ca_retire(&mut self, fingerprint: &str, t: u64) -> Result<Outcome> {
+        let Some(mut s) = self.ca_state()? else {
+            return Ok(Outcome::rejected("no CA rotation is under way"));
+        };
+        if s.phase != CaPhase::Switch {
+            return Ok(Outcome::rejected(format!(
+                "the CA rotation is in phase {}, not switch",
+                s.phase
+            )));
+        }
+        if s.signing == fingerprint || !s.trusted.iter().any(|c| c.fingerprint == fingerprint) {
+            return Ok(Outcome::rejected(format!(
+                "CA {fingerprint} is not the CA being retired"
+            )));
+        }
+        s.trusted.retain(|c| c.fingerprint != fingerprint);
+        s.phase = CaPhase::Done;
+        s.changed_ms = t;
+        self.put(Table::Cluster, CA_KEY.to_vec(), &s);
+        Ok(Outcome::applied(format!("CA {fingerprint} retired")))
     }
 
     fn domain_add(&mut self, domain: &DomainName, kind: DomainKind, t: u64) -> Result<Outcome> {

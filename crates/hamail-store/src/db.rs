@@ -360,6 +360,13 @@ impl Store {
             .transpose()
     }
 
+    /// The CA rotation state, once a rotation has begun.
+    pub fn ca_state(&self) -> Result<Option<hamail_types::CaState>> {
+        self.get(Table::Cluster, crate::apply::CA_KEY)?
+            .map(|v| decode("CA state", &v))
+            .transpose()
+    }
+
     pub fn transport(&self, d: &DomainName) -> Result<Option<TransportRecord>> {
         self.get(Table::Transports, d.as_str().as_bytes())?
             .map(|v| decode("transport", &v))

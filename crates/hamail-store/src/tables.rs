@@ -21,10 +21,13 @@ pub enum Table {
     Bodies,
     Nodes,
     Tokens,
+    /// Cluster-wide settings that are one value each (key `ca`: the
+    /// [`hamail_types::CaState`] of a CA rotation).
+    Cluster,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Domains,
         Table::Recipients,
         Table::Aliases,
@@ -34,6 +37,7 @@ impl Table {
         Table::Bodies,
         Table::Nodes,
         Table::Tokens,
+        Table::Cluster,
     ];
 
     pub fn cf_name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Table {
             Table::Bodies => "bodies",
             Table::Nodes => "nodes",
             Table::Tokens => "tokens",
+            Table::Cluster => "cluster",
         }
     }
 
@@ -61,6 +66,7 @@ impl Table {
             Table::Bodies => 7,
             Table::Nodes => 8,
             Table::Tokens => 9,
+            Table::Cluster => 10,
         }
     }
 

@@ -584,3 +584,74 @@ fn a_bounce_notice_is_queued_once_and_only_for_a_counted_result() {
     ap.commit().unwrap();
     assert!(!queued(&notice_id) && !queued(&QueueId::new(604, 1)));
 }
+
+#[test]
+fn ca_rotation_moves_through_its_phases_in_order_only() {
+    use hamail_types::{CaMaterial, CaPhase};
+    let (_d, s) = open();
+    let ca = |c: char| CaMaterial {
+        fingerprint: std::iter::repeat_n(c, 64).collect(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\n".into(),
+    };
+    let fp = |c: char| -> String { std::iter::repeat_n(c, 64).collect() };
+    let rotate = |o: char, n: char| Command::CaRotate {
+        old: ca(o),
+        new: ca(n),
+    };
+    let out = apply_all(
+        &s,
+        &[
+            // Out of order before any rotation.
+            Command::CaSwitch {
+                fingerprint: fp('b'),
+            },
+            Command::CaRetire {
+                fingerprint: fp('a'),
+            },
+            rotate('a', 'b'),
+            // A second rotation while one is under way.
+            rotate('a', 'c'),
+            // Retire before switch; switch to an unknown CA.
+            Command::CaRetire {
+                fingerprint: fp('a'),
+            },
+            Command::CaSwitch {
+                fingerprint: fp('c'),
+            },
+            Command::CaSwitch {
+                fingerprint: fp('b'),
+            },
+            // The signing CA cannot be retired.
+            Command::CaRetire {
+                fingerprint: fp('b'),
+            },
+            Command::CaRetire {
+                fingerprint: fp('a'),
+            },
+            // The next rotation starts from the CA that signs now.
+            rotate('a', 'c'),
+        ],
+        1,
+    );
+    let applied: Vec<bool> = out.iter().map(|o| o.is_applied()).collect();
+    assert_eq!(
+        applied,
+        [
+            false, false, true, false, false, false, true, false, true, false
+        ],
+        "{out:?}"
+    );
+    let st = s.ca_state().unwrap().unwrap();
+    assert_eq!(st.phase, CaPhase::Done);
+    assert_eq!(st.signing, fp('b'));
+    assert_eq!(st.trusted.len(), 1);
+    assert!(
+        Command::CaRotate {
+            old: ca('a'),
+            new: ca('a')
+        }
+        .validate()
+        .is_err()
+    );
+}

@@ -121,6 +121,22 @@ pub enum Command {
     NodeRemove {
         node_id: NodeId,
     },
+    /// Starts a rotation of the cluster CA (`cluster rotate-ca`, phase
+    /// "trust"): every node trusts `old` and `new`; `old` still signs.
+    CaRotate {
+        old: CaMaterial,
+        new: CaMaterial,
+    },
+    /// Phase "switch": every node presents a certificate (its own key,
+    /// re-signed) from the trusted CA with this fingerprint, which signs
+    /// from now on. Both CAs stay trusted.
+    CaSwitch {
+        fingerprint: String,
+    },
+    /// Phase "done": the CA with this fingerprint is no longer trusted.
+    CaRetire {
+        fingerprint: String,
+    },
     /// A new zone with its records (SOA and apex NS included).
     ZoneCreate {
         zone: DomainName,
@@ -206,6 +222,68 @@ impl fmt::Display for NodeInfo {
     }
 }
 
+/// A CA certificate and its private key (PEM), with the SHA-256 of the
+/// certificate (DER, hex) that join tokens pin. Every member holds the
+/// signing CA's key (any surviving site admits replacement nodes).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaMaterial {
+    pub fingerprint: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaMaterial")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a CA rotation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaPhase {
+    /// Both CAs trusted, the old one signs.
+    Trust,
+    /// Both CAs trusted, the new one signs.
+    Switch,
+    /// One CA, trusted and signing.
+    Done,
+}
+
+impl fmt::Display for CaPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CaPhase::Trust => "trust",
+            CaPhase::Switch => "switch",
+            CaPhase::Done => "done",
+        })
+    }
+}
+
+/// The replicated CA state, present once a rotation has begun (before
+/// that, the CA of each node's `pki/` directory is the only one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaState {
+    /// Every CA a member certificate may come from.
+    pub trusted: Vec<CaMaterial>,
+    /// The fingerprint of the CA that signs (one of `trusted`).
+    pub signing: String,
+    pub phase: CaPhase,
+    /// Log time of the last phase change (ms since the Unix epoch).
+    pub changed_ms: u64,
+}
+
+impl CaState {
+    pub fn signing_ca(&self) -> Option<&CaMaterial> {
+        self.trusted.iter().find(|c| c.fingerprint == self.signing)
+    }
+}
+
+/// Largest PEM text of a CA certificate or key carried in a command.
+const MAX_CA_PEM: usize = 16 << 10;
+
 fn valid_token_hash(h: &str) -> bool {
     h.len() == 64
         && h.bytes()
@@ -286,6 +364,32 @@ impl Command {
             Command::QueueReassign { from, to } if to.is_empty() || to.contains(from) => {
                 bad(format!("messages of node {from} need other nodes to go to"))
             }
+            Command::CaRotate { old, new } => {
+                for ca in [old, new] {
+                    if !valid_token_hash(&ca.fingerprint) {
+                        return bad("a CA fingerprint is 64 lower-case hex digits".into());
+                    }
+                    if !ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----")
+                        || ca.cert_pem.len() > MAX_CA_PEM
+                        || !ca.key_pem.starts_with("-----BEGIN ")
+                        || ca.key_pem.len() > MAX_CA_PEM
+                    {
+                        return bad(format!(
+                            "CA {} needs a PEM certificate and key of at most {MAX_CA_PEM} bytes",
+                            ca.fingerprint
+                        ));
+                    }
+                }
+                if old.fingerprint == new.fingerprint {
+                    return bad("the new CA is the old one".into());
+                }
+                Ok(())
+            }
+            Command::CaSwitch { fingerprint } | Command::CaRetire { fingerprint }
+                if !valid_token_hash(fingerprint) =>
+            {
+                bad("a CA fingerprint is 64 lower-case hex digits".into())
+            }
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -303,6 +407,9 @@ impl Command {
                 message.body.len() + 64 * (message.recipients.len() + 4)
             }
             Command::RecipientImport { entries } => 64 * entries.len(),
+            Command::CaRotate { old, new } => {
+                old.cert_pem.len() + old.key_pem.len() + new.cert_pem.len() + new.key_pem.len()
+            }
             Command::ZoneCreate { records, .. } | Command::ZoneReplace { records, .. } => {
                 96 * records.len()
             }
@@ -332,6 +439,9 @@ impl Command {
             | Command::NodeAdmit { .. }
             | Command::NodeRegister { .. }
             | Command::NodeRemove { .. }
+            | Command::CaRotate { .. }
+            | Command::CaSwitch { .. }
+            | Command::CaRetire { .. }
             | Command::QueueInsert { .. }
             | Command::QueueDelete { .. }
             | Command::QueueHold { .. }

@@ -12,7 +12,7 @@ mod transport;
 pub mod zone;
 
 pub use address::MailAddress;
-pub use command::{Command, DomainKind, NodeInfo, Outcome};
+pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};

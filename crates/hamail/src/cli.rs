@@ -206,6 +206,14 @@ pub enum ClusterVerb {
     Leave,
     /// Remove a node (e.g. a dead one) by name or id.
     Remove { node: String },
+    /// Replace the cluster CA and every member's certificate without
+    /// downtime (trust both, switch, retire the old); run it again to
+    /// continue a rotation that stopped.
+    RotateCa {
+        /// How long to wait at each phase for every member: 90s, 5m, ...
+        #[arg(long, default_value = "2m", value_parser = hamail_raft::parse_ttl)]
+        wait: std::time::Duration,
+    },
 }
 
 pub fn run(cfg: &Config, verb: Verb) -> anyhow::Result<()> {
@@ -347,6 +355,12 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
         Verb::Cluster(ClusterVerb::Remove { node }) => {
             (AdminRequest::ClusterRemove { node }, false)
         }
+        Verb::Cluster(ClusterVerb::RotateCa { wait }) => (
+            AdminRequest::ClusterRotateCa {
+                wait_secs: wait.as_secs(),
+            },
+            false,
+        ),
     })
 }
 
