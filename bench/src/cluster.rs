@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hamail_config::ClusterSection;
 use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions, RaftNode};
 use hamail_store::Store;
 use hamail_types::{Command, DomainKind, DomainName};
@@ -38,7 +39,7 @@ async fn member(
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
-            ..NodeOptions::default()
+            ..NodeOptions::from(&ClusterSection::default())
         },
     };
     Ok(Cluster::open(dir, settings, store, listener, false, cancel.child_token()).await?)

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use hamail_bench::Run;
+use hamail_config::ClusterSection;
 use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
 use hamail_store::Store;
 use hamail_types::{Command, DomainKind, DomainName};
@@ -96,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             smtp_addr: String::new(),
             dns_name: String::new(),
         },
-        node: NodeOptions::default(),
+        node: NodeOptions::from(&ClusterSection::default()),
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let cluster = Cluster::open(node_dir, settings, store, listener, true, cancel).await?;

@@ -2,7 +2,7 @@
 //! a single flusher thread makes them durable: it syncs the WAL and reports
 //! the appends waiting for it flushed, in order. openraft 0.9 waits for each
 //! flush before it appends again, so in practice one append waits at a time:
-//! writers share an fsync by sharing a raft entry (the proposer in node.rs),
+//! writers share an fsync by sharing a raft entry (the proposer in proposer.rs),
 //! not here. The thread keeps the fsync off openraft's runtime.
 
 use std::fmt::Debug;

@@ -1,46 +1,28 @@
-//! A running raft node: openraft over our storage, and the proposer that
-//! turns concurrent client writes into few raft entries (group commit).
-//!
-//! Proposals queue on a channel. The proposer takes the first, waits for a
-//! free in-flight slot, then drains everything else that arrived meanwhile
-//! into the same entry. Under load, entries grow; alone, a write goes out at
-//! once. This is where the batching comes from: openraft 0.9 waits for each
-//! append's flush before it hands the log the next one, so each raft entry
-//! costs one fsync and concurrent writers share it by sharing the entry.
-//! Two entries may be in flight (one replicates while the next fills).
+//! A running raft node: openraft over our storage and network, the propose
+//! API (writes go through the group-commit proposer, `proposer.rs`), calls
+//! to the leader, and what the node tells of itself (quorum, caught up,
+//! `hamail status`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use hamail_config::ClusterSection;
 use hamail_store::Store;
 use hamail_types::{Command, NodeId, Outcome};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::forward::Forwarder;
 use crate::network::{Contacts, Network};
-use crate::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse};
-use crate::{HamailRaft, NodeInfo, Request, open_storage};
+use crate::proposer::{IfFollower, Proposal, ProposerStats};
+use crate::rpc::{RpcRequest, RpcResponse};
+use crate::{HamailRaft, NodeInfo, open_storage};
 
-/// Entries in flight at once. Fewer means bigger batches: on one node, 1, 2,
-/// 4 and 8 in flight gave 43k, 38k, 20k and 13k commits/s with 50 proposers
-/// (docs/benchmarks.md). Two keeps most of the batching and still lets one
-/// entry replicate while the next fills, which matters across sites.
-const DEFAULT_INFLIGHT: usize = 2;
-const MAX_BATCH_COMMANDS: usize = 8192;
-/// An entry stops growing past this many bytes (mail bodies), so that one
-/// replication message stays bounded; a single larger message still goes
-/// out alone.
-const MAX_BATCH_BYTES: usize = 4 << 20;
-
-fn proposal_bytes(p: &Proposal) -> usize {
-    p.commands.iter().map(Command::approx_size).sum()
-}
-
-/// Raft timing and snapshot policy, from the config.
+/// Raft timing, snapshot policy and write limits: the config's `[cluster]`
+/// section, which holds their defaults (see `From<&ClusterSection>`).
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub cluster_name: String,
@@ -51,24 +33,24 @@ pub struct NodeOptions {
     pub max_logs_kept_after_snapshot: u64,
     /// A write not committed within this time fails (no quorum?).
     pub write_timeout_ms: u64,
-    /// Raft entries the proposer keeps in flight at once (0: the default).
+    /// Raft entries the proposer keeps in flight at once (at least 1).
     pub proposals_in_flight: usize,
     /// See `network::Elision`.
     pub elide_heartbeats: bool,
 }
 
-impl Default for NodeOptions {
-    fn default() -> Self {
+impl From<&ClusterSection> for NodeOptions {
+    fn from(c: &ClusterSection) -> Self {
         NodeOptions {
-            cluster_name: "hamail".into(),
-            heartbeat_interval_ms: 250,
-            election_timeout_min_ms: 1500,
-            election_timeout_max_ms: 3000,
-            snapshot_logs_since_last: 5000,
-            max_logs_kept_after_snapshot: 1000,
-            write_timeout_ms: 10_000,
-            proposals_in_flight: DEFAULT_INFLIGHT,
-            elide_heartbeats: true,
+            cluster_name: c.name.clone(),
+            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            election_timeout_min_ms: c.election_timeout_min_ms,
+            election_timeout_max_ms: c.election_timeout_max_ms,
+            snapshot_logs_since_last: c.snapshot_logs_since_last,
+            max_logs_kept_after_snapshot: c.max_logs_kept_after_snapshot,
+            write_timeout_ms: c.write_timeout_ms,
+            proposals_in_flight: c.proposals_in_flight,
+            elide_heartbeats: c.elide_heartbeats,
         }
     }
 }
@@ -103,104 +85,11 @@ pub enum ProposeError {
     Failed(String),
 }
 
-struct Proposal {
-    commands: Vec<Command>,
-    reply: oneshot::Sender<Result<Vec<Outcome>, ProposeError>>,
-    /// May go to the leader if this node is not it (false for writes that
-    /// were forwarded here already: one hop only).
-    forward: bool,
-}
-
-/// Connections to the leader, one per batch in flight.
-pub(crate) struct Forwarder {
-    tls: Arc<crate::trust::PeerTls>,
-    timeout: Duration,
-    slots: Vec<tokio::sync::Mutex<Option<(NodeId, RpcClient)>>>,
-}
-
-impl Forwarder {
-    fn new(tls: Arc<crate::trust::PeerTls>, timeout: Duration, in_flight: usize) -> Self {
-        Forwarder {
-            tls,
-            timeout,
-            slots: (0..in_flight + 1)
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-        }
-    }
-
-    /// One RPC to the leader over a kept connection.
-    pub(crate) async fn call(
-        &self,
-        leader: NodeId,
-        info: &NodeInfo,
-        req: RpcRequest,
-    ) -> Result<RpcResponse, ProposeError> {
-        self.call_within(leader, info, req, self.timeout).await
-    }
-
-    /// Like `call`, with its own deadline (a status query need not wait
-    /// as long as a write).
-    pub(crate) async fn call_within(
-        &self,
-        leader: NodeId,
-        info: &NodeInfo,
-        req: RpcRequest,
-        timeout: Duration,
-    ) -> Result<RpcResponse, ProposeError> {
-        let mut slot = None;
-        for s in &self.slots {
-            if let Ok(g) = s.try_lock() {
-                slot = Some(g);
-                break;
-            }
-        }
-        let mut slot = match slot {
-            Some(g) => g,
-            None => self.slots[0].lock().await,
-        };
-        if slot
-            .as_ref()
-            .map(|(id, c)| *id != leader || c.addr() != info.rpc_addr)
-            != Some(false)
-        {
-            *slot = Some((
-                leader,
-                RpcClient::to_member(info.rpc_addr.clone(), self.tls.clone(), leader),
-            ));
-        }
-        let Some((_, client)) = slot.as_mut() else {
-            return Err(ProposeError::Forward("no connection".into()));
-        };
-        client.call(&req, timeout).await.map_err(|e| match e {
-            RpcError::Timeout { .. } => ProposeError::NoQuorum(timeout.as_millis() as u64),
-            other => ProposeError::Forward(format!("leader node {leader}: {other}")),
-        })
-    }
-}
-
-/// The leader this node knows of, with its address.
-pub(crate) fn leader_info(raft: &HamailRaft) -> Option<(NodeId, NodeInfo)> {
-    let m = raft.metrics().borrow().clone();
-    m.current_leader.and_then(|l| {
-        m.membership_config
-            .membership()
-            .get_node(&l)
-            .map(|n| (l, n.clone()))
-    })
-}
-
-/// Counters for benchmarks and `/metrics`.
-#[derive(Debug, Default)]
-pub struct ProposerStats {
-    pub proposals: AtomicU64,
-    pub entries: AtomicU64,
-}
-
 pub struct RaftNode {
     pub raft: HamailRaft,
     node_id: NodeId,
     store: Store,
+    /// The proposer's queue.
     tx: mpsc::Sender<Proposal>,
     pub stats: Arc<ProposerStats>,
     write_timeout: Duration,
@@ -239,13 +128,6 @@ pub struct RaftStatus {
     pub heartbeats_elided: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl RaftNode {
     /// Starts raft on an opened store. `data_dir` holds the snapshot files.
     pub async fn start(
@@ -255,6 +137,12 @@ impl RaftNode {
         opts: &NodeOptions,
         network: Network,
     ) -> Result<Arc<RaftNode>, StartError> {
+        if opts.proposals_in_flight == 0 {
+            // No slot would ever free: every write would wait forever.
+            return Err(StartError::Config(
+                "proposals_in_flight must be at least 1".into(),
+            ));
+        }
         let config = Config {
             cluster_name: opts.cluster_name.clone(),
             heartbeat_interval: opts.heartbeat_interval_ms,
@@ -286,17 +174,13 @@ impl RaftNode {
         let (tx, rx) = mpsc::channel(16384);
         let stats = Arc::new(ProposerStats::default());
         let write_timeout = Duration::from_millis(opts.write_timeout_ms);
-        let in_flight = if opts.proposals_in_flight == 0 {
-            DEFAULT_INFLIGHT
-        } else {
-            opts.proposals_in_flight
-        };
+        let in_flight = opts.proposals_in_flight;
         let forwarder = Arc::new(Forwarder::new(
             network.tls.clone(),
             write_timeout,
             in_flight,
         ));
-        tokio::spawn(proposer(
+        tokio::spawn(crate::proposer::run(
             raft.clone(),
             node_id,
             rx,
@@ -450,7 +334,7 @@ impl RaftNode {
     /// Proposes commands; returns once they are committed and applied, with
     /// one outcome per command. On a follower the batch goes to the leader.
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
-        self.submit(commands, true).await
+        self.submit(commands, IfFollower::Forward).await
     }
 
     /// Proposes without forwarding (the leader's side of a forward).
@@ -458,13 +342,13 @@ impl RaftNode {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Outcome>, ProposeError> {
-        self.submit(commands, false).await
+        self.submit(commands, IfFollower::Refuse).await
     }
 
     async fn submit(
         &self,
         commands: Vec<Command>,
-        forward: bool,
+        if_follower: IfFollower,
     ) -> Result<Vec<Outcome>, ProposeError> {
         let ms = self.write_timeout.as_millis() as u64;
         let (reply, rx) = oneshot::channel();
@@ -473,7 +357,7 @@ impl RaftNode {
                 .send(Proposal {
                     commands,
                     reply,
-                    forward,
+                    if_follower,
                 })
                 .await
                 .map_err(|_| ProposeError::Stopped("the proposer has stopped".into()))?;
@@ -545,147 +429,6 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
-        }
-    }
-}
-
-async fn proposer(
-    raft: HamailRaft,
-    node_id: NodeId,
-    mut rx: mpsc::Receiver<Proposal>,
-    stats: Arc<ProposerStats>,
-    forwarder: Arc<Forwarder>,
-    in_flight: usize,
-) {
-    let slots = Arc::new(Semaphore::new(in_flight));
-    // A proposal that did not fit the previous entry opens the next one.
-    let mut carry: Option<Proposal> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => break,
-            },
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut n = first.commands.len();
-        let mut bytes = proposal_bytes(&first);
-        let mut batch = vec![first];
-        while n < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    let size = proposal_bytes(&p);
-                    if bytes + size > MAX_BATCH_BYTES {
-                        carry = Some(p);
-                        break;
-                    }
-                    n += p.commands.len();
-                    bytes += size;
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        stats
-            .proposals
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.entries.fetch_add(1, Ordering::Relaxed);
-        let raft = raft.clone();
-        let forwarder = forwarder.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match leader_info(&raft) {
-                Some((leader, info)) if leader != node_id => {
-                    // Not the leader: the whole batch goes there in one RPC.
-                    let (fwd, here): (Vec<Proposal>, Vec<Proposal>) =
-                        batch.into_iter().partition(|p| p.forward);
-                    for p in here {
-                        let _ = p.reply.send(Err(ProposeError::NotLeader {
-                            leader: Some((leader, info.clone())),
-                        }));
-                    }
-                    if fwd.is_empty() {
-                        return;
-                    }
-                    let (commands, counts, replies) = split(fwd);
-                    let r = forwarder
-                        .call(leader, &info, RpcRequest::Propose(commands))
-                        .await
-                        .and_then(|resp| match resp {
-                            RpcResponse::Propose(Ok(outcomes)) => Ok(outcomes),
-                            RpcResponse::Propose(Err(e)) => Err(ProposeError::Failed(e)),
-                            _ => Err(ProposeError::Forward(
-                                "unexpected reply from the leader".into(),
-                            )),
-                        });
-                    deliver(r, counts, replies);
-                }
-                _ => {
-                    let (commands, counts, replies) = split(batch);
-                    let req = Request {
-                        time_ms: now_ms(),
-                        proposer: node_id,
-                        commands,
-                    };
-                    let r = raft
-                        .client_write(req)
-                        .await
-                        .map(|resp| resp.data.outcomes)
-                        .map_err(|e| match e {
-                            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                                ProposeError::NotLeader {
-                                    leader: f.leader_id.zip(f.leader_node),
-                                }
-                            }
-                            RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
-                            other => ProposeError::Failed(other.to_string()),
-                        });
-                    deliver(r, counts, replies);
-                }
-            }
-        });
-    }
-}
-
-type Reply = oneshot::Sender<Result<Vec<Outcome>, ProposeError>>;
-
-/// Concatenates a batch's commands, remembering whose are whose.
-fn split(batch: Vec<Proposal>) -> (Vec<Command>, Vec<usize>, Vec<Reply>) {
-    let mut counts = Vec::with_capacity(batch.len());
-    let mut commands = Vec::new();
-    let mut replies = Vec::with_capacity(batch.len());
-    for p in batch {
-        counts.push(p.commands.len());
-        commands.extend(p.commands);
-        replies.push(p.reply);
-    }
-    (commands, counts, replies)
-}
-
-/// Hands each proposer its own outcomes, or the batch's error.
-fn deliver(r: Result<Vec<Outcome>, ProposeError>, counts: Vec<usize>, replies: Vec<Reply>) {
-    match r {
-        Ok(outcomes) => {
-            let mut outcomes = outcomes.into_iter();
-            for (reply, count) in replies.into_iter().zip(counts) {
-                let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
-                let r = if mine.len() == count {
-                    Ok(mine)
-                } else {
-                    Err(ProposeError::Failed(
-                        "the state machine returned too few outcomes".into(),
-                    ))
-                };
-                let _ = reply.send(r);
-            }
-        }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
         }
     }
 }

@@ -187,7 +187,7 @@ pub enum ClusterVerb {
     /// Print a single-use join token for a new node.
     Token {
         /// How long the token is valid: 90s, 30m, 1h, 2d (at most 30d).
-        #[arg(long, default_value = "1h", value_parser = hamail_raft::parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: std::time::Duration,
     },
     /// Join the cluster of a member (its RPC address), with a token from `cluster token`.
@@ -211,9 +211,30 @@ pub enum ClusterVerb {
     /// continue a rotation that stopped.
     RotateCa {
         /// How long to wait at each phase for every member: 90s, 5m, ...
-        #[arg(long, default_value = "2m", value_parser = hamail_raft::parse_ttl)]
+        #[arg(long, default_value = "2m", value_parser = parse_ttl)]
         wait: std::time::Duration,
     },
+}
+
+/// Parses `--ttl` and `--wait` values: `90s`, `30m`, `1h`, `2d` (seconds
+/// without a unit), from 1s to 30d.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 1h, 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration {s:?}: unit must be s, m, h or d")),
+    };
+    if secs == 0 || secs > 30 * 86400 {
+        return Err(format!("invalid duration {s:?}: from 1s to 30d"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 pub fn run(cfg: &Config, verb: Verb) -> anyhow::Result<()> {
@@ -614,4 +635,23 @@ fn print_status(s: StatusInfo) {
         println!("  {t:<12} {n}");
     }
     println!("state       {}", s.state_digest);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_ttl;
+
+    #[test]
+    fn ttl_units_and_bounds() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl(" 1h "), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("31d").is_err());
+        assert!(parse_ttl("5w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
 }

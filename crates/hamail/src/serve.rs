@@ -138,17 +138,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             dns_name: cfg.dns.hostname.clone(),
         },
-        node: NodeOptions {
-            cluster_name: cfg.cluster.name.clone(),
-            heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
-            election_timeout_min_ms: cfg.cluster.election_timeout_min_ms,
-            election_timeout_max_ms: cfg.cluster.election_timeout_max_ms,
-            snapshot_logs_since_last: cfg.cluster.snapshot_logs_since_last,
-            max_logs_kept_after_snapshot: cfg.cluster.max_logs_kept_after_snapshot,
-            write_timeout_ms: cfg.cluster.write_timeout_ms,
-            proposals_in_flight: cfg.cluster.proposals_in_flight,
-            elide_heartbeats: cfg.cluster.elide_heartbeats,
-        },
+        node: NodeOptions::from(&cfg.cluster),
     };
     let cancel = CancellationToken::new();
     let cluster = Cluster::open(
