@@ -473,16 +473,19 @@ impl<'a> Applier<'a> {
                 (t - token.expires_ms) / 1000
             )));
         }
+        // Through this batch's writes: a follower applies a `NodeRemove`
+        // and the next `NodeAdmit` of the same name in one batch, the
+        // leader in two; both must see the removal (else the follower
+        // rejects the admission, and its next node id falls behind).
         let mut live_names = Vec::new();
-        self.store.scan_prefix(Table::Nodes, b"", |k, v| {
-            if k.len() == 8 {
-                let rec: NodeRecord = crate::decode("node", v)?;
-                if !rec.removed {
-                    live_names.push(rec.info.name);
-                }
+        for k in self.keys_with_prefix(Table::Nodes, b"")? {
+            if k.len() == 8
+                && let Some(rec) = self.get_typed::<NodeRecord>(Table::Nodes, &k, "node")?
+                && !rec.removed
+            {
+                live_names.push(rec.info.name);
             }
-            Ok(())
-        })?;
+        }
         if live_names.contains(&info.name) {
             return Ok(Outcome::rejected(format!(
                 "a node named {} is already in the cluster; give the new node another [node] name",

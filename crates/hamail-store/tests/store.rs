@@ -655,3 +655,80 @@ fn ca_rotation_moves_through_its_phases_in_order_only() {
         .is_err()
     );
 }
+
+/// A site rebuilt under its old name: `NodeRemove` then a `NodeAdmit` of the
+/// same name. A leader applies them in two batches, a follower catching up
+/// in one; both must admit the node under the same new id (a follower that
+/// refused it kept a lower next id and, once leader, handed a member's own
+/// id to the next joiner).
+#[test]
+fn a_rebuilt_name_is_admitted_the_same_in_any_batching() {
+    let info = |name: &str| hamail_types::NodeInfo {
+        name: name.into(),
+        site: "s".into(),
+        rpc_addr: "127.0.0.1:7400".into(),
+        ..Default::default()
+    };
+    let key = || "ab".repeat(32);
+    let token = |c: char| std::iter::repeat_n(c, 64).collect::<String>();
+    let cmds = vec![
+        Command::NodeRegister {
+            node_id: 1,
+            info: info("n1"),
+            key_sha256: key(),
+        },
+        Command::TokenAdd {
+            token_hash: token('a'),
+            ttl_ms: 60_000,
+        },
+        Command::NodeAdmit {
+            token_hash: token('a'),
+            info: info("n2"),
+            key_sha256: key(),
+        },
+        Command::NodeRemove { node_id: 2 },
+        Command::TokenAdd {
+            token_hash: token('b'),
+            ttl_ms: 60_000,
+        },
+        Command::NodeAdmit {
+            token_hash: token('b'),
+            info: info("n2"),
+            key_sha256: key(),
+        },
+        Command::TokenAdd {
+            token_hash: token('c'),
+            ttl_ms: 60_000,
+        },
+        Command::NodeAdmit {
+            token_hash: token('c'),
+            info: info("n4"),
+            key_sha256: key(),
+        },
+    ];
+    let (_d1, one_by_one) = open();
+    let (_d2, together) = open();
+    let a = apply_all(&one_by_one, &cmds, 1);
+    // The follower: n2's first admission committed earlier, then the
+    // removal and the new admission in one batch.
+    let mut b = Vec::new();
+    for group in [&cmds[..3], &cmds[3..]] {
+        let mut ap = Applier::new(&together);
+        for c in group {
+            let ctx = ApplyContext {
+                time_ms: 1_000 + b.len() as u64,
+                proposer: 1,
+                log_index: b.len() as u64,
+            };
+            b.push(ap.apply(c, &ctx).unwrap());
+        }
+        ap.commit().unwrap();
+    }
+    assert_eq!(a, b);
+    assert_eq!(a[5], Outcome::Admitted { node_id: 3 }, "{a:?}");
+    assert_eq!(a[7], Outcome::Admitted { node_id: 4 }, "{a:?}");
+    assert_eq!(
+        one_by_one.state_digest().unwrap(),
+        together.state_digest().unwrap()
+    );
+}
