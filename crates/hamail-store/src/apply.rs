@@ -478,7 +478,11 @@ impl<'a> Applier<'a> {
         // leader in two; both must see the removal (else the follower
         // rejects the admission, and its next node id falls behind).
         let mut live_names = Vec::new();
+        let mut highest = 0u64;
         for k in self.keys_with_prefix(Table::Nodes, b"")? {
+            if let Ok(id) = <[u8; 8]>::try_from(k.as_slice()) {
+                highest = highest.max(u64::from_be_bytes(id));
+            }
             if k.len() == 8
                 && let Some(rec) = self.get_typed::<NodeRecord>(Table::Nodes, &k, "node")?
                 && !rec.removed
@@ -492,9 +496,12 @@ impl<'a> Applier<'a> {
                 info.name
             )));
         }
+        // Never an id a node holds or held, even on a store whose counter
+        // fell behind (see the name check above).
         let id = self
             .get_typed::<u64>(Table::Nodes, NEXT_NODE_ID_KEY, "next node id")?
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(highest + 1);
         self.put_node(id, info, key_sha256, t)?;
         token.used_by = Some(id);
         self.put(Table::Tokens, token_hash.as_bytes().to_vec(), &token);
