@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # bench/lib-mta.sh: what bench/smtp.sh and bench/relay.sh share, sourced by
 # both: settings, package install, the hamail binary, the work directory and
-# its cleanup, a private Postfix instance, hamail nodes (config, start, stop,
-# one node or a three-node cluster) and the smtp-source load.
+# its cleanup, the private Postfix instance (tests/support/postfix-dest.sh
+# sets it up), hamail nodes (config, start, stop, one node or a three-node
+# cluster) and the smtp-source load.
 #
 # The sourcing script sets first:
 #   here    the repository root
@@ -127,14 +128,9 @@ cleanup() {
     local p
     stop_hamail
     for p in "${helper_pids[@]}"; do stop_helper "$p"; done
-    if [ -n "$pf_started" ]; then
-        # `postfix stop` only signals the master; wait for it (and so its
-        # children) to be gone before the queue is removed under them.
-        local mpid
-        mpid="$(tr -d ' ' < "$pf/queue/pid/master.pid" 2>/dev/null || true)"
-        postfix -c "$pf/etc" stop >/dev/null 2>&1 || true
-        [ -z "$mpid" ] || wait_gone "$mpid" 200 || echo "$bench: postfix master $mpid still running" >&2
-    fi
+    # Waits for the master and its children to be gone before the queue is
+    # removed under them.
+    [ -z "$pf_started" ] || bash "$postfix_dest" stop "$pf" >/dev/null || true
     rm -rf "$work"
 }
 
@@ -203,98 +199,20 @@ wait_smtp() {
 }
 
 # ---------------------------------------------------------------- Postfix
-# `postfix -c DIR ARGS`. Postfix commands print errors on stderr only when
-# it is a terminal (else to syslog or maillog_file, neither of which exists
-# yet on a config error, so they would fail silently): give them a pty.
-pfx() {
-    if command -v script >/dev/null 2>&1; then
-        script -qec "postfix -c $pf/etc $*" /dev/null
-    else
-        postfix -c "$pf/etc" "$@"
-    fi
-}
+# The baseline is the tests' own private instance (tests/support/
+# postfix-dest.sh) in $pf, as a relay MX for bench.example whose only
+# recipient is $rcpt: relay_domains and relay_recipient_maps, what hamail's
+# domain and recipient tables say on the other side. Its queue files are
+# fsynced (Postfix's default): the point is durable acceptance.
+postfix_dest="$here/tests/support/postfix-dest.sh"
 
-# postfix_setup [EXTRA]: the private instance, with the lines EXTRA added to
-# its main.cf (what mail does once accepted: deferred, or relayed).
+# postfix_setup [EXTRA]: starts the instance on $pf_addr:$smtp_port with the
+# lines EXTRA added to its main.cf (what mail does once accepted: deferred,
+# or relayed); returns once it greets.
 postfix_setup() {
-    mkdir -p "$pf/etc" "$pf/queue" "$pf/data"
-    local compat=2
-    # 3.6 is the level the current defaults belong to; older releases reject it.
-    awk -v v="$(postconf -dh mail_version)" 'BEGIN { split(v, p, "."); exit !(p[1] > 3 || (p[1] == 3 && p[2] >= 6)) }' && compat=3.6
-    cat > "$pf/etc/main.cf" <<EOT
-# Private benchmark instance: its own config, queue and data directory;
-# the system instance and /etc/postfix/main.cf are never used.
-compatibility_level = $compat
-queue_directory = $pf/queue
-data_directory = $pf/data
-mail_owner = postfix
-setgid_group = postdrop
-# postlogd writes here (must be under maillog_file_prefixes, i.e. /var).
-maillog_file = $pf/maillog
-syslog_name = postfix-bench
-# Not $pf_addr: Postfix insists that inet_interfaces addresses are configured
-# on an interface, and lo carries only 127.0.0.1/8. master.cf binds the
-# listener to $pf_addr:$smtp_port explicitly, which needs no such check.
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-# Fixed names: no DNS or hostname lookups at start (the net is loopback only).
-myhostname = postfix.bench.invalid
-mydomain = bench.invalid
-myorigin = \$myhostname
-append_dot_mydomain = no
-biff = no
-# Nothing is local: no aliases, no local recipients to look up.
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-# Accept for bench.example from loopback clients; check the recipient like
-# hamail does (its recipient table), with a built-in map (no postmap step).
-relay_domains = bench.example
-relay_recipient_maps = inline:{ $rcpt=ok }
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
-# No reverse DNS of clients: hamail does none, and with no resolver it could
-# only stall.
-smtpd_peername_lookup = no
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
-# fsync of queue files stays on (the default); the point is durable acceptance.
-${1:-}
-EOT
-    # Only the services accepting, queueing and relaying mail need, none
-    # chrooted (a chroot would need copies of /etc files in the queue
-    # directory).
-    cat > "$pf/etc/master.cf" <<EOT
-$pf_addr:$smtp_port inet n - n - - smtpd
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-relay     unix  - - n - - smtp
-smtp      unix  - - n - - smtp
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOT
-    # Creates the queue subdirectories with their owners and modes
-    # (maildrop and public are group postdrop), then starts the master.
-    pfx set-permissions >/dev/null
-    pfx check
     pf_started=1
-    pfx start >/dev/null
-    wait_smtp "$pf_addr" "$smtp_port"
+    PF_RELAY_RECIPIENTS="$rcpt" PF_MAIN_CF="${1:-}" \
+        bash "$postfix_dest" start "$pf" "$pf_addr:$smtp_port" bench.example >/dev/null
 }
 
 # Messages in the private queue (incoming, active, deferred, hold): distinct

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/support/postfix-dest.sh: a private Postfix instance as the final
-# destination of a domain, delivering to Maildir, for hamail's tests.
+# destination of a domain, delivering to Maildir, for hamail's tests; or,
+# with PF_RELAY_RECIPIENTS, a relay MX for it (the benches' baseline).
 #
 #   tests/support/postfix-dest.sh start DIR HOST:PORT DOMAIN
 #   tests/support/postfix-dest.sh stop DIR
@@ -42,6 +43,18 @@
 # fsynced (Postfix's default, left as is). Needs root. DIR is made 0755;
 # the directories above it must be searchable by others (o+x), else start
 # fails saying which (chmod 755 a mktemp -d or tempdir parent first).
+#
+# As a relay MX instead (the Postfix baseline of bench/smtp.sh and
+# bench/relay.sh): PF_RELAY_RECIPIENTS="a@DOMAIN ..." (default: none, i.e.
+# the final destination above) makes DOMAIN a relay domain (relay_domains)
+# whose only valid recipients are these addresses (relay_recipient_maps;
+# any other @DOMAIN gets "550 5.1.1 ... User unknown in relay recipient
+# table"), the way a backup MX or mail gateway is set up. Nothing goes to
+# Maildir: accepted mail is passed to the relay transport, which would look
+# up DOMAIN's MX unless the extra lines below route or defer it.
+# PF_MAIN_CF (default: none): lines appended to main.cf, e.g.
+# "defer_transports = relay smtp" (accepted mail stays in the queue) or
+# "transport_maps = inline:{ DOMAIN=smtp:[HOST]:PORT }" (relayed there).
 set -euo pipefail
 
 me="tests/support/postfix-dest.sh"
@@ -107,17 +120,23 @@ myorigin = \$myhostname
 append_dot_mydomain = no
 biff = no
 smtpd_peername_lookup = no
-# Nothing is local, nothing is relayed: $domain is the only destination.
+# Nothing is local: $domain is the only domain mail is accepted for.
 mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
-relay_domains =
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions =
 # And nothing leaves: mail (bounces included) to any other domain fails here.
 default_transport = error:5.7.1 postfix-dest delivers only to $domain
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+EOT
+    if [ -z "${PF_RELAY_RECIPIENTS:-}" ]; then
+        cat >> "$dir/etc/main.cf" <<EOT
+# Nothing is relayed.
+relay_domains =
 relay_transport = error:5.7.1 postfix-dest delivers only to $domain
 # $domain: Maildirs under $dir/mail; the users of PF_USERS first (a fixed
 # table: +detail and case handled), every other local part to $domain/all/.
@@ -129,9 +148,23 @@ virtual_gid_maps = static:$gid
 virtual_minimum_uid = 100
 virtual_mailbox_limit = 0
 recipient_delimiter = +
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
 EOT
+    else
+        # PF_RELAY_RECIPIENTS: a relay MX for $domain, with its recipients in
+        # a built-in map (no postmap step).
+        local rcpts=""
+        for u in $PF_RELAY_RECIPIENTS; do
+            [[ "$u" =~ ^[^@[:space:],{}=]+@${domain//./\\.}$ ]] \
+                || die "PF_RELAY_RECIPIENTS: '$u' is not an address @$domain"
+            rcpts="${rcpts:+$rcpts, }$u=ok"
+        done
+        cat >> "$dir/etc/main.cf" <<EOT
+# $domain is relayed (PF_RELAY_RECIPIENTS), by the relay transport.
+relay_domains = $domain
+relay_recipient_maps = inline:{ $rcpts }
+EOT
+    fi
+    [ -z "${PF_MAIN_CF:-}" ] || printf '# PF_MAIN_CF:\n%s\n' "$PF_MAIN_CF" >> "$dir/etc/main.cf"
     # vmailbox: one line per PF_USERS local part (texthash: no postmap).
     : > "$dir/etc/vmailbox"
     for u in ${PF_USERS:-}; do
@@ -177,6 +210,8 @@ error     unix  - - n - - error
 retry     unix  - - n - - error
 discard   unix  - - n - - discard
 virtual   unix  - n n - - virtual
+relay     unix  - - n - - smtp
+smtp      unix  - - n - - smtp
 anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
