@@ -40,16 +40,48 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// Polls `cond` until it returns Some, or panics with `what` after PATIENCE.
 pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    match poll(|| cond().ok_or(())) {
+        Ok(v) => v,
+        Err(()) => panic!("gave up waiting for {what}"),
+    }
+}
+
+/// Polls `cond` until it returns Ok, or returns its last Err after
+/// PATIENCE (for a test that reports what was still wrong).
+pub fn poll<T, E>(mut cond: impl FnMut() -> Result<T, E>) -> Result<T, E> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
     loop {
-        if let Some(v) = cond() {
-            return v;
+        match cond() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() >= PATIENCE => return Err(e),
+            Err(_) => {}
         }
-        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
         std::thread::park_timeout(delay);
         delay = (delay * 2).min(Duration::from_millis(200));
     }
+}
+
+/// What a thief holding a member's data directory (`stolen`, CA key
+/// included) can make: a CA-signed certificate for node `id` on a key of its
+/// own, stored in `dir`.
+pub fn forge_member_pki(
+    stolen: &hamail_raft::pki::Pki,
+    id: u64,
+    dir: &Path,
+) -> hamail_raft::pki::Pki {
+    let (csr, key) = hamail_raft::pki::make_csr().unwrap();
+    let minted = stolen.issue(id, &csr).unwrap();
+    hamail_raft::pki::Pki::from_join(
+        dir,
+        id,
+        stolen.ca_pem().to_string(),
+        stolen.ca_key_pem().to_string(),
+        vec![],
+        minted,
+        key,
+    )
+    .unwrap()
 }
 
 /// A `hamail serve` process and the directory it runs in.

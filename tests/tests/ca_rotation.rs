@@ -268,19 +268,8 @@ fn a_member_does_not_talk_to_a_server_without_the_pinned_key() {
     // its own key. Every CA check passes; only the pin tells them apart.
     let stolen = hamail_raft::pki::Pki::load(&nodes[2].dir.join("data"), 3).unwrap();
     nodes[1].kill9();
-    let (csr, key) = hamail_raft::pki::make_csr().unwrap();
-    let minted = stolen.issue(2, &csr).unwrap();
     let forged_dir = tempfile::tempdir().unwrap();
-    let forged = hamail_raft::pki::Pki::from_join(
-        forged_dir.path(),
-        2,
-        stolen.ca_pem().to_string(),
-        stolen.ca_key_pem().to_string(),
-        vec![],
-        minted,
-        key,
-    )
-    .unwrap();
+    let forged = hamail_tests::forge_member_pki(&stolen, 2, forged_dir.path());
     let (handshakes, bytes, _rt) =
         impostor(&Node::rpc_addr(2, port), forged.server_config().unwrap());
 

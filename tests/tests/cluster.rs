@@ -562,19 +562,8 @@ fn a_certificate_minted_for_another_node_is_refused() {
     nodes[0].ok(&["cluster", "remove", "n3"]);
     let stolen = hamail_raft::pki::Pki::load(&n3_data, 3).unwrap();
     // With the real CA key it mints a certificate for node 2, on its own key.
-    let (csr, key) = hamail_raft::pki::make_csr().unwrap();
-    let minted = stolen.issue(2, &csr).unwrap();
     let forged_dir = tempfile::tempdir().unwrap();
-    let forged = hamail_raft::pki::Pki::from_join(
-        forged_dir.path(),
-        2,
-        stolen.ca_pem().to_string(),
-        stolen.ca_key_pem().to_string(),
-        vec![],
-        minted,
-        key,
-    )
-    .unwrap();
+    let forged = hamail_tests::forge_member_pki(&stolen, 2, forged_dir.path());
     let mut c = RpcClient::new(
         addr.clone(),
         hamail_raft::pki::server_name(1),

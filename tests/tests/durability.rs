@@ -11,10 +11,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
 
 use hamail_tests::smtp::{Reply, SmtpClient, queued_id};
-use hamail_tests::{Node, PATIENCE, form_cluster, stderr, stdout, wait_for};
+use hamail_tests::{Node, form_cluster, poll, stderr, stdout, wait_for};
 
 /// The domain and recipient every test sends to. Delivery goes to a closed
 /// port (`NO_DELIVERY`), so accepted mail stays in the queue to be counted.
@@ -143,8 +142,7 @@ fn missing_on(
     survivors: &[usize],
     acked: &BTreeSet<String>,
 ) -> Vec<(String, Vec<String>)> {
-    let start = Instant::now();
-    loop {
+    let found = poll(|| {
         let lost: Vec<(String, Vec<String>)> = survivors
             .iter()
             .map(|&s| {
@@ -154,11 +152,9 @@ fn missing_on(
             })
             .filter(|(_, missing)| !missing.is_empty())
             .collect();
-        if lost.is_empty() || start.elapsed() >= PATIENCE {
-            return lost;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        if lost.is_empty() { Ok(()) } else { Err(lost) }
+    });
+    found.err().unwrap_or_default()
 }
 
 /// Who takes the message in a round of `every_250_survives_...`.
