@@ -171,6 +171,7 @@ async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
             for o in outcomes {
                 match o {
                     Outcome::Applied { detail } => applied.push(detail),
+                    Outcome::ResultRecorded(done) => applied.push(done.to_string()),
                     Outcome::Rejected { reason } => return AdminResponse::error(reason),
                     other => return AdminResponse::error(format!("unexpected outcome {other:?}")),
                 }

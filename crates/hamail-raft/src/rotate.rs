@@ -15,12 +15,13 @@
 
 use std::time::Duration;
 
-use hamail_types::{CaPhase, Command, NodeId, Outcome};
+use hamail_types::{CaPhase, Command, NodeId, NodeInfo, Outcome};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::pki::generate_ca;
 use crate::rpc::{RpcClient, RpcRequest, RpcResponse};
 use crate::trust::CaView;
+use crate::view::members;
 
 /// How often the coordinator asks the members where they are.
 const POLL: Duration = Duration::from_millis(200);
@@ -117,17 +118,16 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + patience;
         let mut clients: Vec<(NodeId, String, RpcClient)> = Vec::new();
         loop {
-            let members: Vec<(NodeId, String, String)> = node
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, n)| (*id, n.name.clone(), n.rpc_addr.clone()))
-                .collect();
             let mut behind = Vec::new();
-            for (id, name, addr) in members {
+            for (
+                id,
+                NodeInfo {
+                    name,
+                    rpc_addr: addr,
+                    ..
+                },
+            ) in members(&node)
+            {
                 let view = if id == node.node_id() {
                     Ok(tls.view())
                 } else {
@@ -159,15 +159,20 @@ impl Cluster {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                let phase = self
-                    .store()
-                    .ca_state()?
-                    .map(|s| s.phase.to_string())
-                    .unwrap_or_default();
+                let phase = self.store().ca_state()?.map(|s| s.phase);
+                let then = match phase {
+                    Some(CaPhase::Done) => "the old CA is retired in the replicated state; \
+                         a member that has not dropped it yet does so when it applies the \
+                         retirement (at the latest when it restarts)"
+                        .to_string(),
+                    Some(p) => format!(
+                        "the rotation stays in phase {p} (both CAs are trusted); run \
+                         `hamail cluster rotate-ca` again to continue"
+                    ),
+                    None => "no CA rotation is recorded".to_string(),
+                };
                 return Err(ClusterError::Refused(format!(
-                    "waited {patience:?} for every member to {what}: {}; the rotation stays \
-                     in phase {phase} (both CAs are trusted); run `hamail cluster rotate-ca` \
-                     again to continue",
+                    "waited {patience:?} for every member to {what}: {}; {then}",
                     behind.join("; ")
                 )));
             }

@@ -14,7 +14,7 @@ use crate::membership::{admin, leader_admin};
 use crate::pki::JoinToken;
 use crate::rpc::{AdminOp, JoinGrant, RpcHandler, RpcRequest, RpcResponse};
 use crate::trust::PeerTls;
-use crate::view::local_view;
+use crate::view::{local_view, members};
 
 /// The RPC service of a member.
 pub(crate) struct Service {
@@ -54,13 +54,9 @@ impl RpcHandler for Service {
 
     fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
         let ip_of = |addr: &str| addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
-        let m = self.node.raft.metrics();
-        let m = m.borrow();
-        let in_log = m
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(_, n)| ip_of(&n.rpc_addr) == Some(ip));
+        let in_log = members(&self.node)
+            .values()
+            .any(|n| ip_of(&n.rpc_addr) == Some(ip));
         in_log
             || self
                 .seeds
@@ -210,16 +206,7 @@ impl Service {
         if crate::pki::pem_key_sha256(&node_pem).map_err(|e| e.to_string())? != key_sha256 {
             return Err("the issued certificate does not carry the pinned key".into());
         }
-        let members: BTreeMap<NodeId, NodeInfo> = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
+        let members = members(&self.node);
         let pins = members
             .keys()
             .filter_map(|id| Some((*id, self.tls.pins.pinned(*id)?)))

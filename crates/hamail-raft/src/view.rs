@@ -1,14 +1,16 @@
 //! `cluster status`: the cluster as the leader sees it (asked over RPC),
 //! or as this node does when no leader answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::NodeInfo;
 use crate::RaftNode;
 use crate::cluster::{Cluster, ClusterError};
 use crate::forward::leader_info;
 use crate::rpc::{ClusterView, MemberView, RpcRequest, RpcResponse};
+use hamail_types::NodeId;
 
 impl Cluster {
     pub async fn status(&self) -> Result<ClusterView, ClusterError> {
@@ -22,6 +24,19 @@ impl Cluster {
         }
         Ok(local_view(&node))
     }
+}
+
+/// Every member (voters and learners) of the membership this node holds,
+/// with what it registered.
+pub(crate) fn members(node: &RaftNode) -> BTreeMap<NodeId, NodeInfo> {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.clone()))
+        .collect()
 }
 
 /// This node's view: roles from its membership, replication progress and

@@ -194,7 +194,7 @@ impl Applier<'_> {
             removed,
             notice: noticed,
         };
-        Ok(Outcome::applied(done.to_string()))
+        Ok(Outcome::ResultRecorded(done))
     }
 
     pub(crate) fn queue_reassign(

@@ -503,7 +503,14 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
     assert!(e.recipients[0].status.is_final() && !e.recipients[1].status.is_final());
     let mut ap = Applier::new(&store);
     let o = ap.apply(&result(2, &b), &ctx).unwrap();
-    assert_eq!(o, Outcome::applied(format!("{}: removed", ids[0])));
+    assert_eq!(
+        o,
+        Outcome::ResultRecorded(hamail_types::queue::ResultApplied {
+            queue_id: ids[0].clone(),
+            removed: true,
+            notice: None,
+        })
+    );
     ap.commit().unwrap();
     assert!(store.queue_entry(&ids[0]).unwrap().is_none());
     assert!(store.queue_body(&ids[0]).unwrap().is_none());

@@ -466,6 +466,9 @@ pub enum Outcome {
     Admitted {
         node_id: NodeId,
     },
+    /// A delivery result counted (applied under the message's epoch):
+    /// what it did to the message, as data for the queue manager.
+    ResultRecorded(crate::queue::ResultApplied),
 }
 
 impl Outcome {

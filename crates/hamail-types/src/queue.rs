@@ -64,10 +64,10 @@ impl QueueId {
 }
 
 /// What a counted delivery result did to its message (a `QueueResult`
-/// applied under the message's epoch). The state machine answers it as the
-/// outcome's detail text (`<id>: removed, bounce notice <id>`); this type
-/// writes that text and reads it back, so no other code handles the words.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// applied under the message's epoch). The state machine answers it as
+/// [`crate::Outcome::ResultRecorded`]; `Display` is the text an operator
+/// sees (`<id>: removed, bounce notice <id>`), never read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultApplied {
     pub queue_id: QueueId,
     /// Every recipient is final now: the message left the queue.
@@ -84,27 +84,6 @@ impl fmt::Display for ResultApplied {
             write!(f, ", bounce notice {n}")?;
         }
         Ok(())
-    }
-}
-
-impl ResultApplied {
-    /// Reads back the detail `Display` wrote; `None` for any other text.
-    pub fn from_detail(detail: &str) -> Option<Self> {
-        let (id, rest) = detail.split_once(": ")?;
-        let (what, notice) = match rest.split_once(", bounce notice ") {
-            Some((w, n)) => (w, Some(QueueId::parse(n).ok()?)),
-            None => (rest, None),
-        };
-        let removed = match what {
-            "removed" => true,
-            "updated" => false,
-            _ => return None,
-        };
-        Some(ResultApplied {
-            queue_id: QueueId::parse(id).ok()?,
-            removed,
-            notice,
-        })
     }
 }
 
@@ -292,35 +271,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_result_detail_reads_back_as_written() {
+    fn a_result_shows_what_it_did_to_the_message() {
         let id = QueueId::new(1_700_000_000_000_000, 1);
         let notice = QueueId::new(1_700_000_000_000_001, 2);
-        for r in [
-            ResultApplied {
-                queue_id: id.clone(),
-                removed: true,
-                notice: None,
-            },
-            ResultApplied {
-                queue_id: id.clone(),
-                removed: false,
-                notice: Some(notice),
-            },
-        ] {
-            assert_eq!(ResultApplied::from_detail(&r.to_string()), Some(r));
-        }
+        let removed = ResultApplied {
+            queue_id: id.clone(),
+            removed: true,
+            notice: None,
+        };
+        assert_eq!(removed.to_string(), format!("{id}: removed"));
+        let bounced = ResultApplied {
+            queue_id: id.clone(),
+            removed: false,
+            notice: Some(notice.clone()),
+        };
         assert_eq!(
-            format!(
-                "{}",
-                ResultApplied {
-                    queue_id: id.clone(),
-                    removed: true,
-                    notice: None
-                }
-            ),
-            format!("{id}: removed")
+            bounced.to_string(),
+            format!("{id}: updated, bounce notice {notice}")
         );
-        assert_eq!(ResultApplied::from_detail("queued as 0123"), None);
     }
 
     #[test]

@@ -36,8 +36,7 @@ impl RecordOutcome {
     pub fn of(committed: Result<Vec<Outcome>, BackendError>) -> Self {
         match committed {
             Ok(outcomes) => match outcomes.into_iter().next() {
-                Some(Outcome::Applied { detail }) => ResultApplied::from_detail(&detail)
-                    .map_or(RecordOutcome::Unexpected, RecordOutcome::Counted),
+                Some(Outcome::ResultRecorded(done)) => RecordOutcome::Counted(done),
                 Some(Outcome::Rejected { reason }) => RecordOutcome::Refused(reason),
                 _ => RecordOutcome::Unexpected,
             },
