@@ -16,7 +16,8 @@
 //! a member's tasks), `service.rs` (the RPC service and join admission),
 //! `membership.rs` (changes on the leader), `promoter.rs` (learners become
 //! voters), `view.rs` (`cluster status`). Certificates: `pki.rs`, `trust.rs`
-//! (pins, the TLS of the moment), `rotate.rs` (`cluster rotate-ca`).
+//! (pins, the TLS of the moment), `rotate.rs` (`cluster rotate-ca`),
+//! `join_token.rs` (the token and the joiner's CA-pinning verifier).
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes);
 // our helpers return the same type rather than box and unbox it at every call.
@@ -24,6 +25,7 @@
 
 mod cluster;
 mod forward;
+mod join_token;
 mod log_store;
 mod membership;
 mod network;

@@ -1,6 +1,6 @@
 //! The cluster's PKI: a CA created by `cluster init`, node certificates that
-//! carry the node id (SAN `node-<id>`), join tokens that pin the CA by the
-//! SHA-256 of its certificate, and the rustls configurations built on them.
+//! carry the node id (SAN `node-<id>`), and the rustls configurations built
+//! on them. Join tokens and the joiner's CA-pinning TLS: `join_token.rs`.
 //!
 //! Files in `<data_dir>/pki/` (all 0600): `ca.pem` and `ca.key`, the CA
 //! that signs; `trusted.pem`, every CA a member certificate may come from
@@ -16,18 +16,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hamail_types::{CaMaterial, CaState};
+
+pub use crate::join_token::{JoinToken, join_client_config};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
     SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ fn cert_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Cert(e.to_string())
 }
 
-fn tls_err(e: impl std::fmt::Display) -> PkiError {
+pub(crate) fn tls_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Tls(e.to_string())
 }
 
@@ -557,144 +558,4 @@ pub fn server_name(node_id: u64) -> ServerName<'static> {
     ServerName::try_from(node_dns_name(node_id)).unwrap_or(ServerName::IpAddress(
         std::net::IpAddr::from([127, 0, 0, 1]).into(),
     ))
-}
-
-/// Client config for a joiner: no certificate yet; the server must present
-/// a chain that ends in the CA whose fingerprint the token carries.
-pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, PkiError> {
-    let prov = provider();
-    let pin = hex::decode(ca_fingerprint)
-        .map_err(|_| PkiError::Token("the CA fingerprint is not hex".into()))?;
-    let verifier = CaPinVerifier {
-        pin,
-        provider: prov.clone(),
-    };
-    let cfg = ClientConfig::builder_with_provider(prov)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
-/// Accepts a server chain only if it contains the pinned CA certificate and
-/// the server's certificate is signed by it (kubeadm's discovery-token-ca-cert-hash).
-#[derive(Debug)]
-struct CaPinVerifier {
-    pin: Vec<u8>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for CaPinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin.as_slice())
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        verify_server_cert_signed_by_trust_anchor(
-            &ParsedCertificate::try_from(end_entity)?,
-            &roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A join token: `hamail1.<secret>.<ca-fingerprint>`. The cluster stores only
-/// the SHA-256 of the secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub secret: String,
-    pub ca_fingerprint: String,
-}
-
-impl JoinToken {
-    pub fn generate(ca_fingerprint: String) -> Result<JoinToken, PkiError> {
-        let mut buf = [0u8; 24];
-        getrandom::fill(&mut buf).map_err(|e| PkiError::Token(e.to_string()))?;
-        Ok(JoinToken {
-            secret: hex::encode(buf),
-            ca_fingerprint,
-        })
-    }
-
-    pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.secret.as_bytes()))
-    }
-
-    pub fn parse(s: &str) -> Result<JoinToken, PkiError> {
-        let mut parts = s.trim().split('.');
-        let (Some("hamail1"), Some(secret), Some(fp), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(PkiError::Token(
-                "expected hamail1.<secret>.<ca-sha256>, as printed by `hamail cluster token`"
-                    .into(),
-            ));
-        };
-        let hex_ok = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_ok(secret, 48) || !hex_ok(fp, 64) {
-            return Err(PkiError::Token(
-                "the secret or the CA fingerprint has the wrong length".into(),
-            ));
-        }
-        Ok(JoinToken {
-            secret: secret.to_ascii_lowercase(),
-            ca_fingerprint: fp.to_ascii_lowercase(),
-        })
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hamail1.{}.{}", self.secret, self.ca_fingerprint)
-    }
 }
