@@ -344,6 +344,15 @@ impl<'a> Applier<'a> {
                 notice,
             } => self.queue_result(queue_id, *epoch, results, notice.as_deref(), ctx),
             Command::QueueReassign { from, to } => self.queue_reassign(*from, to),
+            Command::UserAdd { address, hash } => self.user_add(address, hash, time_ms),
+            Command::UserPasswd { address, hash } => self.user_passwd(address, hash, time_ms),
+            Command::UserDel { address } => self.user_del(address),
+            Command::UserImport { users } => self.user_import(users, time_ms),
+            Command::UserRehash { address, old, new } => {
+                self.user_rehash(address, old, new, time_ms)
+            }
+            Command::SenderAllow { sender, user } => self.sender_allow(sender, user, time_ms),
+            Command::SenderDeny { sender, user } => self.sender_deny(sender, user),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),
@@ -621,9 +630,10 @@ impl<'a> Applier<'a> {
         }
         let recipients = self.count_prefix(Table::Recipients, &domain_prefix(domain))?;
         let aliases = self.count_prefix(Table::Aliases, &domain_prefix(domain))?;
-        if recipients + aliases > 0 {
+        let users = self.count_users(domain)?;
+        if recipients + aliases + users > 0 {
             return Ok(Outcome::rejected(format!(
-                "domain {domain} still has {recipients} recipients and {aliases} aliases; delete them first"
+                "domain {domain} still has {recipients} recipients, {aliases} aliases and {users} users; delete them first"
             )));
         }
         self.delete(Table::Domains, domain_key(domain));

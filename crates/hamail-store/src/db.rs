@@ -302,7 +302,7 @@ impl Store {
         self.address_rows(Table::Aliases, domain, "alias")
     }
 
-    fn address_rows<T: serde::de::DeserializeOwned>(
+    pub(crate) fn address_rows<T: serde::de::DeserializeOwned>(
         &self,
         table: Table,
         domain: Option<&DomainName>,
@@ -314,7 +314,7 @@ impl Store {
 
     /// Decoded rows under `prefix` whose key `key` understands (others, like
     /// counters kept in the same table, are skipped).
-    fn keyed_rows<K, T: serde::de::DeserializeOwned>(
+    pub(crate) fn keyed_rows<K, T: serde::de::DeserializeOwned>(
         &self,
         table: Table,
         prefix: &[u8],

@@ -8,14 +8,15 @@ mod db;
 mod queue;
 mod snapshot;
 mod tables;
+mod users;
 
 pub use apply::{Applier, ApplyContext};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use db::Store;
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use tables::{
-    AliasRecord, DomainRecord, NodeRecord, RecipientRecord, Table, TokenRecord, TransportRecord,
-    ZONE_HISTORY, ZoneChange, ZoneState,
+    AliasRecord, DomainRecord, NodeRecord, RecipientRecord, SenderLoginRecord, Table, TokenRecord,
+    TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState,
 };
 
 #[derive(Debug, thiserror::Error)]

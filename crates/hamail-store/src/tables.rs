@@ -24,10 +24,15 @@ pub enum Table {
     /// Cluster-wide settings that are one value each (key `ca`: the
     /// [`hamail_types::CaState`] of a CA rotation).
     Cluster,
+    /// Submission users, keyed by address: [`hamail_types::UserRecord`].
+    Users,
+    /// Who may send as whom (`sender allow`), keyed `sender \0 user`
+    /// (both address keys): [`SenderLoginRecord`].
+    SenderLogins,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 12] = [
         Table::Domains,
         Table::Recipients,
         Table::Aliases,
@@ -38,6 +43,8 @@ impl Table {
         Table::Nodes,
         Table::Tokens,
         Table::Cluster,
+        Table::Users,
+        Table::SenderLogins,
     ];
 
     pub fn cf_name(self) -> &'static str {
@@ -52,6 +59,8 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Tokens => "tokens",
             Table::Cluster => "cluster",
+            Table::Users => "users",
+            Table::SenderLogins => "sender_logins",
         }
     }
 
@@ -67,6 +76,8 @@ impl Table {
             Table::Nodes => 8,
             Table::Tokens => 9,
             Table::Cluster => 10,
+            Table::Users => 11,
+            Table::SenderLogins => 12,
         }
     }
 
@@ -100,6 +111,12 @@ pub struct TransportRecord {
     pub spec: TransportSpec,
     pub fallback: Vec<TransportSpec>,
     pub updated_ms: u64,
+}
+
+/// One `sender allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderLoginRecord {
+    pub added_ms: u64,
 }
 
 /// A join token (keyed by the SHA-256 of its secret).
@@ -179,6 +196,31 @@ pub(crate) fn address_from_key(key: &[u8]) -> Option<MailAddress> {
     let domain = std::str::from_utf8(&key[..pos]).ok()?;
     let local = std::str::from_utf8(&key[pos + 1..]).ok()?;
     MailAddress::parse(&format!("{local}@{domain}")).ok()
+}
+
+/// `sender \0 user`: a sender's entries are the prefix
+/// [`sender_prefix`]. Neither part holds a NUL byte (addresses refuse
+/// control characters), so the split is unambiguous.
+pub(crate) fn sender_login_key(sender: &MailAddress, user: &MailAddress) -> Vec<u8> {
+    let mut k = sender_prefix(sender);
+    k.extend_from_slice(&address_key(user));
+    k
+}
+
+pub(crate) fn sender_prefix(sender: &MailAddress) -> Vec<u8> {
+    let mut k = address_key(sender);
+    k.push(0);
+    k
+}
+
+pub(crate) fn sender_login_from_key(key: &[u8]) -> Option<(MailAddress, MailAddress)> {
+    let mut parts = key.splitn(3, |b| *b == 0);
+    let (sd, sl) = (parts.next()?, parts.next()?);
+    let rest = parts.next()?;
+    let mut sender = sd.to_vec();
+    sender.push(0);
+    sender.extend_from_slice(sl);
+    Some((address_from_key(&sender)?, address_from_key(rest)?))
 }
 
 pub(crate) fn domain_from_key(key: &[u8]) -> Option<DomainName> {

@@ -3,41 +3,12 @@
 
 use hamail_store::{Applier, ApplyContext, Store};
 use hamail_types::{
-    Command, DomainKind, DomainName, MailAddress, Outcome, TransportSpec, ZoneRecord,
+    Command, DomainKind, DomainName, MailAddress, Outcome, PasswordHash, TransportSpec, ZoneRecord,
 };
 use proptest::prelude::*;
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn apply_all(store: &Store, cmds: &[Command], chunk: usize) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    for (i, group) in cmds.chunks(chunk.max(1)).enumerate() {
-        let mut ap = Applier::new(store);
-        for c in group {
-            // Time travels with each command, as in a raft entry.
-            let ctx = ApplyContext {
-                time_ms: 1_000 + out.len() as u64,
-                proposer: 1,
-                log_index: out.len() as u64,
-            };
-            out.push(ap.apply(c, &ctx).unwrap());
-        }
-        ap.set_meta("last_applied", vec![i as u8]);
-        ap.commit().unwrap();
-    }
-    out
-}
-
-fn d(s: &str) -> DomainName {
-    DomainName::parse(s).unwrap()
-}
-fn a(s: &str) -> MailAddress {
-    MailAddress::parse(s).unwrap()
-}
+mod support;
+use support::{a, apply_all, d, open};
 
 fn arb_command() -> impl Strategy<Value = Command> {
     let domain = prop::sample::select(vec!["a.test", "b.test", "c.test"]).prop_map(d);
@@ -51,6 +22,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
         prop::sample::select(vec!["a.test", "b.test", "c.test"]),
     )
         .prop_map(|(l, dm)| a(&format!("{l}@{dm}")));
+    let hash = prop::sample::select(vec![
+        "{SHA512-CRYPT}$6$salt$one",
+        "{SHA256-CRYPT}$5$salt$two",
+        "{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+    ])
+    .prop_map(|h| PasswordHash::parse(h).unwrap());
     prop_oneof![
         (domain.clone(), kind).prop_map(|(domain, kind)| Command::DomainAdd { domain, kind }),
         domain
@@ -64,7 +41,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|entries| Command::RecipientImport { entries }),
         (addr.clone(), prop::collection::vec(addr.clone(), 0..3))
             .prop_map(|(address, targets)| Command::AliasAdd { address, targets }),
-        (addr.clone(), prop::collection::vec(addr, 0..2))
+        (addr.clone(), prop::collection::vec(addr.clone(), 0..2))
             .prop_map(|(address, targets)| Command::AliasDel { address, targets }),
         domain.clone().prop_map(|domain| Command::TransportSet {
             domain,
@@ -96,6 +73,21 @@ fn arb_command() -> impl Strategy<Value = Command> {
             }
         }),
         domain.prop_map(|zone| Command::ZoneDelete { zone }),
+        (addr.clone(), hash.clone()).prop_map(|(address, hash)| Command::UserAdd { address, hash }),
+        (addr.clone(), hash.clone())
+            .prop_map(|(address, hash)| Command::UserPasswd { address, hash }),
+        addr.clone()
+            .prop_map(|address| Command::UserDel { address }),
+        prop::collection::vec((addr.clone(), hash.clone()), 1..4)
+            .prop_map(|users| Command::UserImport { users }),
+        (addr.clone(), hash.clone(), hash).prop_map(|(address, old, new)| Command::UserRehash {
+            address,
+            old,
+            new
+        }),
+        (addr.clone(), addr.clone())
+            .prop_map(|(sender, user)| Command::SenderAllow { sender, user }),
+        (addr.clone(), addr).prop_map(|(sender, user)| Command::SenderDeny { sender, user }),
     ]
 }
 

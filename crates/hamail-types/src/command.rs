@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{NewMessage, QueueId, QueueSelector, RecipientStatus};
 use crate::zone::{self, ZoneRecord};
-use crate::{DomainName, MailAddress, NodeId, TransportSpec, TypesError};
+use crate::{DomainName, MailAddress, NodeId, PasswordHash, TransportSpec, TypesError};
 
 /// How mail for a domain is handled, in Postfix's address-class words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +201,44 @@ pub enum Command {
         from: NodeId,
         to: Vec<NodeId>,
     },
+    /// A new submission user; refused if the address is a user already.
+    UserAdd {
+        address: MailAddress,
+        hash: PasswordHash,
+    },
+    /// A user's new password hash; refused for an unknown user.
+    UserPasswd {
+        address: MailAddress,
+        hash: PasswordHash,
+    },
+    /// Deletes a user and the sender-allow entries naming it.
+    UserDel {
+        address: MailAddress,
+    },
+    /// A whole passwd-file: applied all at once or not at all. Existing
+    /// users get the imported hash.
+    UserImport {
+        users: Vec<(MailAddress, PasswordHash)>,
+    },
+    /// The smtpd's upgrade of a verified hash (to Argon2id) after a login:
+    /// compare-and-set, applied only if the stored hash is still `old`, so
+    /// a `user passwd` committed meanwhile wins. Otherwise an applied
+    /// no-op ("unchanged"), never a rejection.
+    UserRehash {
+        address: MailAddress,
+        old: PasswordHash,
+        new: PasswordHash,
+    },
+    /// Lets `user` send with the envelope sender `sender` (Postfix's
+    /// smtpd_sender_login_maps entry); the user must exist.
+    SenderAllow {
+        sender: MailAddress,
+        user: MailAddress,
+    },
+    SenderDeny {
+        sender: MailAddress,
+        user: MailAddress,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -361,6 +399,16 @@ impl Command {
             Command::QueueResult {
                 notice: Some(m), ..
             } => m.validate(),
+            Command::UserImport { users } => {
+                if users.is_empty() {
+                    return bad("the import holds no users".into());
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some((a, _)) = users.iter().find(|(a, _)| !seen.insert(a)) {
+                    return bad(format!("user {a} appears twice in the import"));
+                }
+                Ok(())
+            }
             Command::QueueReassign { from, to } if to.is_empty() || to.contains(from) => {
                 bad(format!("messages of node {from} need other nodes to go to"))
             }
@@ -407,6 +455,7 @@ impl Command {
                 message.body.len() + 64 * (message.recipients.len() + 4)
             }
             Command::RecipientImport { entries } => 64 * entries.len(),
+            Command::UserImport { users } => 192 * users.len(),
             Command::CaRotate { old, new } => {
                 old.cert_pem.len() + old.key_pem.len() + new.cert_pem.len() + new.key_pem.len()
             }
@@ -433,7 +482,16 @@ impl Command {
             Command::RecipientAdd { address, .. }
             | Command::RecipientDel { address }
             | Command::AliasAdd { address, .. }
-            | Command::AliasDel { address, .. } => Some(address.domain()),
+            | Command::AliasDel { address, .. }
+            | Command::UserAdd { address, .. }
+            | Command::UserPasswd { address, .. }
+            | Command::UserDel { address }
+            | Command::UserRehash { address, .. } => Some(address.domain()),
+            // A sender-allow entry links two addresses, maybe of two
+            // domains; an import spans domains: cluster-wide, like tokens.
+            Command::SenderAllow { .. }
+            | Command::SenderDeny { .. }
+            | Command::UserImport { .. } => None,
             Command::RecipientImport { .. }
             | Command::TokenAdd { .. }
             | Command::NodeAdmit { .. }
@@ -506,5 +564,18 @@ mod tests {
         );
         assert_eq!("Relay".parse::<DomainKind>().unwrap(), DomainKind::Relay);
         assert!("mailbox".parse::<DomainKind>().is_err());
+    }
+
+    #[test]
+    fn validate_refuses_empty_and_duplicate_user_imports() {
+        let h = PasswordHash::parse("{SHA512-CRYPT}$6$salt$abc").unwrap();
+        let a = MailAddress::parse("a@example.com").unwrap();
+        let b = MailAddress::parse("b@example.com").unwrap();
+        assert!(Command::UserImport { users: vec![] }.validate().is_err());
+        let dup = Command::UserImport {
+            users: vec![(a.clone(), h.clone()), (b, h.clone()), (a, h)],
+        };
+        let e = dup.validate().unwrap_err().to_string();
+        assert!(e.contains("user a@example.com appears twice"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ mod map;
 pub mod queue;
 mod tls_level;
 mod transport;
+pub mod user;
 pub mod zone;
 
 pub use address::MailAddress;
@@ -18,6 +19,7 @@ pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};
 pub use tls_level::TlsLevel;
 pub use transport::{NextHop, TransportSpec};
+pub use user::{HashScheme, PasswordHash, UserRecord};
 pub use zone::ZoneRecord;
 
 /// A raft node id. Ids are handed out by the cluster and never reused.
@@ -37,6 +39,9 @@ pub enum TypesError {
     Kind { input: String },
     #[error("invalid TLS level {input:?}: expected none, may, encrypt, verify or secure")]
     TlsLevel { input: String },
+    /// Never quotes the input: it may be a password typed where a hash belongs.
+    #[error("invalid password hash: {reason}")]
+    PasswordHash { reason: String },
     #[error("invalid command: {0}")]
     Command(String),
 }
