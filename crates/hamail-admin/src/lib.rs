@@ -5,11 +5,13 @@
 mod client;
 mod protocol;
 mod server;
+mod users;
 
 pub use client::AdminClient;
 pub use protocol::{
     AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, QueuedMessage,
-    RecipientRow, StatusInfo, TokenResult, TransportRow, WriteResult, ZoneRow, ZoneText,
+    RecipientRow, SenderRow, StatusInfo, TokenResult, TransportRow, UserRow, WriteResult, ZoneRow,
+    ZoneText,
 };
 pub use server::{AdminContext, SOCKET_NAME, serve};
 

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use hamail_raft::RaftStatus;
 pub use hamail_raft::{ClusterView, MemberView};
-use hamail_types::{DomainKind, DomainName, MailAddress, QueueEntry, QueueId, TransportSpec};
+use hamail_types::{
+    DomainKind, DomainName, MailAddress, PasswordHash, QueueEntry, QueueId, TransportSpec,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +148,40 @@ pub enum AdminRequest {
     ClusterRotateCa {
         wait_secs: u64,
     },
+    /// A submission user with its password hash (the CLI hashes: a
+    /// password never crosses this socket).
+    UserAdd {
+        address: MailAddress,
+        hash: PasswordHash,
+    },
+    UserPasswd {
+        address: MailAddress,
+        hash: PasswordHash,
+    },
+    UserDel {
+        address: MailAddress,
+    },
+    /// Users with scheme and dates; their hashes only with `hashes`.
+    UserList {
+        #[serde(default)]
+        domain: Option<DomainName>,
+        #[serde(default)]
+        hashes: bool,
+    },
+    /// A whole passwd-file, all or nothing; existing users are replaced.
+    UserImport {
+        users: Vec<(MailAddress, PasswordHash)>,
+    },
+    /// Let `user` send with envelope sender `sender`.
+    SenderAllow {
+        sender: MailAddress,
+        user: MailAddress,
+    },
+    SenderDeny {
+        sender: MailAddress,
+        user: MailAddress,
+    },
+    SenderList,
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -250,4 +286,24 @@ pub struct ZoneText {
     pub zone: String,
     pub serial: u32,
     pub text: String,
+}
+
+/// `user list`: never the hash unless asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRow {
+    pub address: String,
+    /// The hash scheme, as Dovecot names it (ARGON2ID, SHA512-CRYPT, ...).
+    pub scheme: String,
+    pub created_ms: u64,
+    pub changed_ms: u64,
+    /// `{SCHEME}hash`, only with `user list --show-hashes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// `sender list`: `user` may send as `sender`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SenderRow {
+    pub sender: String,
+    pub user: String,
 }

@@ -155,7 +155,7 @@ fn cluster_reply<T: serde::Serialize>(r: Result<T, ClusterError>) -> AdminRespon
     }
 }
 
-async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
+pub(crate) async fn write(ctx: &AdminContext, commands: Vec<Command>) -> AdminResponse {
     for c in &commands {
         if let Err(e) = c.validate() {
             return AdminResponse::error(e.to_string());
@@ -208,7 +208,7 @@ impl OrMissing for AdminResponse {
 }
 
 /// Runs a read of the local applied state off the async threads.
-async fn read<T: serde::Serialize + Send + 'static>(
+pub(crate) async fn read<T: serde::Serialize + Send + 'static>(
     ctx: &AdminContext,
     f: impl FnOnce(&hamail_store::Store) -> Result<T, hamail_store::StoreError> + Send + 'static,
 ) -> AdminResponse {
@@ -517,6 +517,14 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
         AdminRequest::TransportDel { domain } => {
             write(ctx, vec![Command::TransportDel { domain }]).await
         }
+        req @ (AdminRequest::UserAdd { .. }
+        | AdminRequest::UserPasswd { .. }
+        | AdminRequest::UserDel { .. }
+        | AdminRequest::UserList { .. }
+        | AdminRequest::UserImport { .. }
+        | AdminRequest::SenderAllow { .. }
+        | AdminRequest::SenderDeny { .. }
+        | AdminRequest::SenderList) => crate::users::handle(ctx, req).await,
         AdminRequest::TransportList => {
             read(ctx, |s| {
                 Ok(s.transports()?
