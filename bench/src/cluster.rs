@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hamail_config::ClusterSection;
-use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions, RaftNode};
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo, RaftNode};
 use hamail_store::Store;
 use hamail_types::{Command, DomainKind, DomainName};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,6 @@ async fn member(
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let store = Store::open(&dir.join("db"))?;
     let settings = ClusterSettings {
-        cluster_name: "bench".into(),
         info: NodeInfo {
             name: format!("n{i}"),
             site: format!("site{i}"),
@@ -35,11 +34,12 @@ async fn member(
             smtp_addr: String::new(),
             dns_name: String::new(),
         },
-        node: NodeOptions {
+        node: ClusterSection {
+            name: "bench".into(),
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
-            ..NodeOptions::from(&ClusterSection::default())
+            ..ClusterSection::default()
         },
     };
     Ok(Cluster::open(dir, settings, store, listener, false, cancel.child_token()).await?)

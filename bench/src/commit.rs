@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hamail_bench::Run;
 use hamail_config::ClusterSection;
-use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo};
 use hamail_store::Store;
 use hamail_types::{Command, DomainKind, DomainName};
 
@@ -88,7 +88,6 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&node_dir.join("db"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let settings = ClusterSettings {
-        cluster_name: "bench".into(),
         info: NodeInfo {
             name: "bench".into(),
             site: "local".into(),
@@ -97,7 +96,10 @@ async fn main() -> anyhow::Result<()> {
             smtp_addr: String::new(),
             dns_name: String::new(),
         },
-        node: NodeOptions::from(&ClusterSection::default()),
+        node: ClusterSection {
+            name: "bench".into(),
+            ..ClusterSection::default()
+        },
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let cluster = Cluster::open(node_dir, settings, store, listener, true, cancel).await?;

@@ -56,8 +56,8 @@ pub enum ClusterError {
 /// What a node says about itself, from its config.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    pub cluster_name: String,
     pub info: NodeInfo,
+    /// `[cluster]`: the cluster's name, raft timing and write limits.
     pub node: NodeOptions,
 }
 
@@ -126,7 +126,7 @@ impl Cluster {
                     Pki::load(&cluster.data_dir, id)?
                 } else if id == 1 {
                     // A one-node cluster from before the cluster PKI existed.
-                    Pki::create(&cluster.data_dir, &cluster.settings.cluster_name, id)?
+                    Pki::create(&cluster.data_dir, &cluster.settings.node.name, id)?
                 } else {
                     return Err(ClusterError::Refused(format!(
                         "node {id} has no certificates in {}",
@@ -222,7 +222,7 @@ impl Cluster {
             node: node.clone(),
             tls: tls.clone(),
             seeds: self.seeds.clone(),
-            cluster_name: self.settings.cluster_name.clone(),
+            cluster_name: self.settings.node.name.clone(),
         });
         let task = tokio::spawn(crate::rpc::serve(
             listener,
@@ -271,7 +271,7 @@ impl Cluster {
             if sole_first {
                 return Ok(format!(
                     "already initialized: this node is node 1 of cluster {}",
-                    self.settings.cluster_name
+                    self.settings.node.name
                 ));
             }
             return Err(ClusterError::Refused(format!(
@@ -279,7 +279,7 @@ impl Cluster {
             )));
         }
         let id: NodeId = 1;
-        let pki = Pki::create(&self.data_dir, &self.settings.cluster_name, id)?;
+        let pki = Pki::create(&self.data_dir, &self.settings.node.name, id)?;
         self.store.raft_meta_put(KEY_NODE_ID, &encode(&id), true)?;
         let key_sha256 = pki.node_key_sha256()?;
         let node = self.start(id, pki).await?;
@@ -298,7 +298,7 @@ impl Cluster {
         tracing::info!(node_id = id, "initialized a one-node cluster");
         Ok(format!(
             "initialized cluster {} with node {id} ({}); add nodes with `hamail cluster token`",
-            self.settings.cluster_name, self.settings.info.name
+            self.settings.node.name, self.settings.info.name
         ))
     }
 

@@ -22,38 +22,8 @@ use crate::rpc::{RpcRequest, RpcResponse};
 use crate::{HamailRaft, NodeInfo, open_storage};
 
 /// Raft timing, snapshot policy and write limits: the config's `[cluster]`
-/// section, which holds their defaults (see `From<&ClusterSection>`).
-#[derive(Debug, Clone)]
-pub struct NodeOptions {
-    pub cluster_name: String,
-    pub heartbeat_interval_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    pub snapshot_logs_since_last: u64,
-    pub max_logs_kept_after_snapshot: u64,
-    /// A write not committed within this time fails (no quorum?).
-    pub write_timeout_ms: u64,
-    /// Raft entries the proposer keeps in flight at once (at least 1).
-    pub proposals_in_flight: usize,
-    /// See `network::Elision`.
-    pub elide_heartbeats: bool,
-}
-
-impl From<&ClusterSection> for NodeOptions {
-    fn from(c: &ClusterSection) -> Self {
-        NodeOptions {
-            cluster_name: c.name.clone(),
-            heartbeat_interval_ms: c.heartbeat_interval_ms,
-            election_timeout_min_ms: c.election_timeout_min_ms,
-            election_timeout_max_ms: c.election_timeout_max_ms,
-            snapshot_logs_since_last: c.snapshot_logs_since_last,
-            max_logs_kept_after_snapshot: c.max_logs_kept_after_snapshot,
-            write_timeout_ms: c.write_timeout_ms,
-            proposals_in_flight: c.proposals_in_flight,
-            elide_heartbeats: c.elide_heartbeats,
-        }
-    }
-}
+/// section itself, which holds their defaults and validation (one place).
+pub type NodeOptions = ClusterSection;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -144,7 +114,7 @@ impl RaftNode {
             ));
         }
         let config = Config {
-            cluster_name: opts.cluster_name.clone(),
+            cluster_name: opts.name.clone(),
             heartbeat_interval: opts.heartbeat_interval_ms,
             election_timeout_min: opts.election_timeout_min_ms,
             election_timeout_max: opts.election_timeout_max_ms,

@@ -56,10 +56,7 @@ impl Cluster {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let new = generate_ca(&format!(
-                    "hamail CA {} {stamp}",
-                    self.settings().cluster_name
-                ))?;
+                let new = generate_ca(&format!("hamail CA {} {stamp}", self.settings().node.name))?;
                 let (o, n) = (old.fingerprint.clone(), new.fingerprint.clone());
                 applied(node.propose(vec![Command::CaRotate { old, new }]).await?)?;
                 done.push(format!("trust: CA {n} is trusted beside CA {o}"));

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use hamail_admin::{AdminContext, SOCKET_NAME};
 use hamail_config::Config;
 use hamail_dns::{DnsOptions, DnsServer};
-use hamail_raft::{Cluster, ClusterSettings, NodeInfo, NodeOptions};
+use hamail_raft::{Cluster, ClusterSettings, NodeInfo};
 use hamail_store::Store;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -115,7 +115,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (smtp_backend, smtpds) =
         crate::queue_backend::smtpds(&cfg, &data_dir, store.clone(), smtp_listeners)?;
     let settings = ClusterSettings {
-        cluster_name: cfg.cluster.name.clone(),
         info: NodeInfo {
             name: cfg.node.name.clone(),
             site: cfg.node.site.clone(),
@@ -138,7 +137,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             dns_name: cfg.dns.hostname.clone(),
         },
-        node: NodeOptions::from(&cfg.cluster),
+        node: cfg.cluster.clone(),
     };
     let cancel = CancellationToken::new();
     let cluster = Cluster::open(
