@@ -17,6 +17,9 @@ use hamail_types::{
 
 use crate::Verb;
 
+mod users;
+pub use users::{SenderVerb, UserVerb};
+
 #[derive(Debug, Subcommand)]
 pub enum DomainVerb {
     /// Add a domain.
@@ -26,7 +29,7 @@ pub enum DomainVerb {
         #[arg(long, default_value = "local")]
         kind: DomainKind,
     },
-    /// Delete a domain (it must have no recipients or aliases left).
+    /// Delete a domain (it must have no recipients, aliases or users left).
     Del { domain: DomainName },
     /// List domains.
     List {
@@ -356,6 +359,8 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
             (AdminRequest::QueueRelease { ids, all }, false)
         }
         Verb::Queue(QueueVerb::Flush { ids }) => (AdminRequest::QueueFlush { ids }, false),
+        Verb::User(v) => users::user_request(v)?,
+        Verb::Sender(v) => users::sender_request(v),
         Verb::Cluster(ClusterVerb::Init) => (AdminRequest::ClusterInit, false),
         Verb::Cluster(ClusterVerb::Token { ttl }) => (
             AdminRequest::ClusterToken {
@@ -455,6 +460,8 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
                 println!("{} {}", r.address, r.targets.join(", "));
             }
         }
+        AdminRequest::UserList { .. } => users::print_users(serde_json::from_value(result)?),
+        AdminRequest::SenderList => users::print_senders(serde_json::from_value(result)?),
         AdminRequest::TransportList => {
             let rows: Vec<TransportRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);

@@ -62,6 +62,12 @@ enum Verb {
     /// The mail queue of the whole cluster (any node).
     #[command(subcommand)]
     Queue(cli::QueueVerb),
+    /// Submission users (SASL AUTH): add, passwd, del, list, import.
+    #[command(subcommand)]
+    User(cli::UserVerb),
+    /// Who may send as whom: `sender allow ADDRESS USER`.
+    #[command(subcommand)]
+    Sender(cli::SenderVerb),
 }
 
 fn main() -> ExitCode {
