@@ -639,7 +639,7 @@ fn print_status(s: StatusInfo) {
     }
     println!("tables");
     for (t, n) in &s.tables {
-        println!("  {t:<12} {n}");
+        println!("  {t:<14} {n}");
     }
     println!("state       {}", s.state_digest);
 }
