@@ -55,6 +55,20 @@
 # PF_MAIN_CF (default: none): lines appended to main.cf, e.g.
 # "defer_transports = relay smtp" (accepted mail stays in the queue) or
 # "transport_maps = inline:{ DOMAIN=smtp:[HOST]:PORT }" (relayed there).
+#
+# A submission service too (the Postfix + Dovecot baseline of
+# bench/submission.sh): PF_SUBMISSION="HOST:PORT" (default: none) adds a
+# second smtpd on HOST:PORT in master.cf with the -o overrides of Debian's
+# stock "submission" entry: TLS required (smtpd_tls_security_level =
+# encrypt) with the certificate and key in PF_TLS_CERT and PF_TLS_KEY (PEM
+# files), SASL through Dovecot (smtpd_sasl_auth_enable = yes,
+# smtpd_sasl_type = dovecot, smtpd_sasl_path = PF_SASL_PATH, the auth
+# client socket of tests/support/dovecot-auth.sh), AUTH only inside TLS
+# (smtpd_tls_auth_only = yes), and only authenticated clients may send
+# (client and relay restrictions permit_sasl_authenticated, reject), to any
+# domain the instance would deliver or relay. A tlsmgr service is added
+# (TLS session keys and PRNG). start waits for HOST:PORT's greeting too.
+# The listener on the start arguments' HOST:PORT is left as described above.
 set -euo pipefail
 
 me="tests/support/postfix-dest.sh"
@@ -218,6 +232,38 @@ postlog   unix-dgram n - n - 1 postlogd
 EOT
 }
 
+# write_submission DIR: PF_SUBMISSION's service appended to master.cf.
+write_submission() {
+    local dir=$1 host port f
+    host="${PF_SUBMISSION%:*}"
+    port="${PF_SUBMISSION##*:}"
+    if ! [[ "$host" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || ! [[ "$port" =~ ^[0-9]+$ ]]; then
+        die "PF_SUBMISSION: bad HOST:PORT '$PF_SUBMISSION' (an IPv4 address and a port)"
+    fi
+    for f in PF_TLS_CERT PF_TLS_KEY PF_SASL_PATH; do
+        [ -n "${!f:-}" ] || die "PF_SUBMISSION needs $f"
+        # No spaces or commas: each value is one master.cf -o word.
+        [[ "${!f}" =~ ^[^[:space:],]+$ ]] || die "$f: '${!f}' holds spaces or commas"
+    done
+    [ -r "$PF_TLS_CERT" ] || die "PF_TLS_CERT: cannot read $PF_TLS_CERT"
+    [ -r "$PF_TLS_KEY" ] || die "PF_TLS_KEY: cannot read $PF_TLS_KEY"
+    [ -S "$PF_SASL_PATH" ] || die "PF_SASL_PATH: $PF_SASL_PATH is not a socket (is Dovecot's auth service running?)"
+    cat >> "$dir/etc/master.cf" <<EOT
+$host:$port inet n - n - - smtpd
+  -o syslog_name=postfix-dest/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_cert_file=$PF_TLS_CERT
+  -o smtpd_tls_key_file=$PF_TLS_KEY
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_type=dovecot
+  -o smtpd_sasl_path=$PF_SASL_PATH
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+EOT
+}
+
 # ---------------------------------------------------------------- start/stop
 # Master pid of the instance in DIR, when it runs.
 running_pid() { running_pid_from "$1/queue/pid/master.pid"; }
@@ -251,11 +297,18 @@ start() {
     chmod 755 "$dir" "$dir/etc"
     chown "$(id -u nobody):$(id -g nobody)" "$dir/mail"
     write_conf "$dir" "$host" "$port" "$domain"
+    [ -z "${PF_SUBMISSION:-}" ] || write_submission "$dir"
     # Creates the queue subdirectories with their owners and modes (maildrop
     # and public are group postdrop), checks, then starts the master.
     pfx "$dir/etc" set-permissions >/dev/null || die "postfix set-permissions failed (see above)"
     pfx "$dir/etc" check || die "postfix check failed (see above)"
     pfx "$dir/etc" start >/dev/null || { tail -5 "$dir/maillog" >&2 2>/dev/null || true; die "postfix did not start"; }
+    if [ -n "${PF_SUBMISSION:-}" ] && ! wait_greeting "${PF_SUBMISSION%:*}" "${PF_SUBMISSION##*:}"; then
+        echo "$me: no 220 greeting on $PF_SUBMISSION (submission) within 20 s; log ends:" >&2
+        tail -10 "$dir/maillog" >&2 2>/dev/null || true
+        stop "$dir" >/dev/null 2>&1 || true
+        exit 1
+    fi
     announce_ready "$host" "$port" "$dir/maillog" "$dir" "$dir/queue/pid/master.pid"
 }
 
