@@ -9,8 +9,11 @@
 //!   parallelism, with a positive cache.
 //! - [`limiter`]: [`FailureLimiter`], per-node blocking of clients that fail
 //!   to authenticate too often.
+//! - [`dovecot`]: [`DovecotAuth`], a client of Dovecot's auth protocol,
+//!   to authenticate against an existing Dovecot instead.
 //! - [`error`]: [`AuthError`], the crate's error type.
 
+pub mod dovecot;
 pub mod error;
 pub mod limiter;
 pub mod passwd_file;
@@ -18,6 +21,7 @@ pub mod password;
 pub mod pool;
 pub mod sasl;
 
+pub use dovecot::{DovecotAuth, DovecotVerdict};
 pub use error::AuthError;
 pub use limiter::FailureLimiter;
 pub use passwd_file::{PasswdEntry, PasswdError};
