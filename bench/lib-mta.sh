@@ -277,8 +277,11 @@ listen = ["127.0.0.2$i:$hamail_dns_port"]
 listen = ["127.0.0.2$i:$smtp_port"]
 hostname = "n$i.hamail.bench.invalid"
 mynetworks = ["127.0.0.0/8"]
-# No STARTTLS, as on the Postfix side (neither load client would use it).
+# No STARTTLS, as on the Postfix side (neither load client would use it),
+# and so no submission (it needs TLS); bench/submission.sh sets its own.
 tls = false
+submission_listen = []
+submissions_listen = []
 
 [metrics]
 listen = "127.0.0.2$i:0"

@@ -101,15 +101,38 @@ pub struct Node {
 pub const NO_DELIVERY: &str =
     "[delivery]\nresolver = \"127.0.0.1:9\"\nrelayhost = \"[127.0.0.1]:9\"\n\n";
 
+/// Submission listeners on ephemeral loopback ports in the `[smtp]`
+/// section `extra` has, unless it names them itself.
+fn with_ephemeral_submission(extra: &str) -> String {
+    let mut keys = String::new();
+    for key in ["submission_listen", "submissions_listen"] {
+        if !extra.contains(&format!("{key} =")) {
+            keys.push_str(&format!("{key} = [\"127.0.0.1:0\"]\n"));
+        }
+    }
+    match extra.find("[smtp]\n") {
+        Some(at) => {
+            let after = at + "[smtp]\n".len();
+            format!("{}{keys}{}", &extra[..after], &extra[after..])
+        }
+        None => extra.to_string(),
+    }
+}
+
 /// A test config: data in `dir/data`, metrics on an ephemeral port, fast
 /// raft timing for a single node.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("hamail.toml");
-    // SMTP on an ephemeral port unless the test names its own.
+    // SMTP on an ephemeral port unless the test names its own; submission
+    // on ephemeral ports unless the test names them (the defaults, 1587 and
+    // 1465, would collide between tests running at once).
+    let extra = with_ephemeral_submission(extra);
+    let extra = extra.as_str();
     let smtp = if extra.contains("[smtp]") {
         ""
     } else {
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n"
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission_listen = [\"127.0.0.1:0\"]\n\
+         submissions_listen = [\"127.0.0.1:0\"]\n\n"
     };
     let delivery = if extra.contains("[delivery]") {
         ""
@@ -156,11 +179,15 @@ impl Node {
              write_timeout_ms = 4000\n{extra}\n\
              [rpc]\nlisten = \"127.0.0.1{i}:{rpc_port}\"\n\n\
              [dns]\nlisten = [\"127.0.0.1{i}:{dns_port}\"]\n\n\
-             [smtp]\nlisten = [\"127.0.0.1{i}:{smtp_port}\"]\n\n\
+             [smtp]\nlisten = [\"127.0.0.1{i}:{smtp_port}\"]\n\
+             submission_listen = [\"127.0.0.1{i}:{submission_port}\"]\n\
+             submissions_listen = [\"127.0.0.1{i}:{submissions_port}\"]\n\n\
              [metrics]\nlisten = \"127.0.0.1{i}:0\"\n\n{delivery}",
             data = dir.join("data").display(),
             dns_port = Self::dns_port(rpc_port),
             smtp_port = Self::smtp_port(rpc_port),
+            submission_port = Self::submission_port(rpc_port),
+            submissions_port = Self::submission_port(rpc_port) + 1000,
             delivery = if extra.contains("[delivery]") {
                 ""
             } else {
@@ -185,6 +212,12 @@ impl Node {
     /// The SMTP port of the members of a test cluster with this RPC port.
     pub fn smtp_port(rpc_port: u16) -> u16 {
         rpc_port + 2000
+    }
+
+    /// The submission (STARTTLS) port of the members of a test cluster with
+    /// this RPC port; implicit TLS (465's role) is on the port 1000 above.
+    pub fn submission_port(rpc_port: u16) -> u16 {
+        rpc_port + 3000
     }
 
     /// The SMTP address of a cluster member made by `cluster_member`.

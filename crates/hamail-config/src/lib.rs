@@ -26,7 +26,7 @@ pub use dns::DnsSection;
 pub use metrics::MetricsSection;
 pub use node::NodeSection;
 pub use rpc::RpcSection;
-pub use smtp::SmtpSection;
+pub use smtp::{SaslBackend, SmtpSection};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

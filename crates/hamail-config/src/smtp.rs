@@ -13,10 +13,12 @@ use crate::Invalid;
 pub struct SmtpSection {
     /// Addresses to accept mail on; production uses port 25.
     pub listen: Vec<SocketAddr>,
-    /// Submission listeners (587 in production). The submission service
-    /// is not built yet: until it is, any address here is refused (a
-    /// listener that silently serves nothing would be worse). Empty.
+    /// Submission listeners (587 in production, RFC 6409): STARTTLS is
+    /// required before AUTH and before MAIL, and MAIL needs AUTH.
     pub submission_listen: Vec<SocketAddr>,
+    /// Submission over implicit TLS (465 in production, RFC 8314): TLS from
+    /// the first byte, then the same rules as `submission_listen`.
+    pub submissions_listen: Vec<SocketAddr>,
     /// `myhostname`: the name in the banner, EHLO reply and Received
     /// headers. Empty: the node name.
     pub hostname: String,
@@ -46,13 +48,54 @@ pub struct SmtpSection {
     pub smtpd_tls_cert_file: String,
     /// PEM private key for `smtpd_tls_cert_file`.
     pub smtpd_tls_key_file: String,
+    /// Offer AUTH on the MX listeners (`listen`) too (Postfix's
+    /// `smtpd_sasl_auth_enable` on port 25). The submission listeners always
+    /// offer it.
+    pub smtpd_sasl_auth_enable: bool,
+    /// AUTH only inside TLS: not advertised before STARTTLS, and refused
+    /// with 538 5.7.11 if sent.
+    pub smtpd_tls_auth_only: bool,
+    /// Where passwords are checked: "cluster" (the replicated user table,
+    /// `hamail user add`) or "dovecot" (an existing Dovecot's auth service
+    /// at `dovecot_auth_socket`, Postfix's `smtpd_sasl_type = dovecot`).
+    pub sasl_backend: SaslBackend,
+    /// Dovecot's auth client socket, e.g. /var/spool/postfix/private/auth
+    /// or /run/dovecot/auth-client.
+    pub dovecot_auth_socket: String,
+    /// Failed logins from one client address within
+    /// `smtpd_auth_failure_window_secs` after which AUTH from it is refused
+    /// (454 4.7.0) for `smtpd_auth_cooldown_secs`. Counted per node.
+    pub smtpd_auth_failure_limit: u32,
+    pub smtpd_auth_failure_window_secs: u64,
+    pub smtpd_auth_cooldown_secs: u64,
+    /// Name the authenticated user in the Received header (Postfix's
+    /// `smtpd_sasl_authenticated_header`).
+    pub smtpd_sasl_authenticated_header: bool,
+    /// Seconds a successful password check is remembered (like Dovecot's
+    /// auth_cache_ttl; only successes, keyed by the stored hash and the
+    /// password). 0: no cache.
+    pub auth_cache_ttl_secs: u64,
+    /// Password checks run at once, off the async runtime. 0: one per core.
+    pub auth_workers: usize,
+}
+
+/// `[smtp] sasl_backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslBackend {
+    /// The replicated user table.
+    #[default]
+    Cluster,
+    /// A Dovecot auth service (`dovecot_auth_socket`).
+    Dovecot,
 }
 
 impl Default for SmtpSection {
     fn default() -> Self {
         SmtpSection {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
-            submission_listen: Vec::new(),
+            submission_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1587))],
+            submissions_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1465))],
             hostname: String::new(),
             mynetworks: vec!["127.0.0.1/32".into(), "::1/128".into()],
             message_size_limit: 10 << 20,
@@ -66,6 +109,16 @@ impl Default for SmtpSection {
             tls: true,
             smtpd_tls_cert_file: String::new(),
             smtpd_tls_key_file: String::new(),
+            smtpd_sasl_auth_enable: false,
+            smtpd_tls_auth_only: true,
+            sasl_backend: SaslBackend::Cluster,
+            dovecot_auth_socket: String::new(),
+            smtpd_auth_failure_limit: 10,
+            smtpd_auth_failure_window_secs: 600,
+            smtpd_auth_cooldown_secs: 600,
+            smtpd_sasl_authenticated_header: false,
+            auth_cache_ttl_secs: 60,
+            auth_workers: 0,
         }
     }
 }
@@ -92,13 +145,58 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
 impl SmtpSection {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
         let m = self;
-        if let Some(a) = m.submission_listen.first() {
+        let submission = !m.submission_listen.is_empty() || !m.submissions_listen.is_empty();
+        if submission && !m.tls {
             return Err(Invalid::new(
                 "smtp.submission_listen",
-                format!(
-                    "{a}: submission (port 587, SMTP AUTH for mail clients) is not served by this version; \
-                     remove the key or leave it empty (port 25 is smtp.listen)"
-                ),
+                "submission needs TLS (smtp.tls = true): passwords never cross in the clear; \
+                 set submission_listen = [] and submissions_listen = [] to serve no submission"
+                    .into(),
+            ));
+        }
+        if m.smtpd_sasl_auth_enable && !m.tls && m.smtpd_tls_auth_only {
+            return Err(Invalid::new(
+                "smtp.smtpd_sasl_auth_enable",
+                "AUTH only inside TLS (smtpd_tls_auth_only) needs smtp.tls = true".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (key, list) in [
+            ("smtp.listen", &m.listen),
+            ("smtp.submission_listen", &m.submission_listen),
+            ("smtp.submissions_listen", &m.submissions_listen),
+        ] {
+            // Port 0 asks the kernel for a fresh port each time: never a clash.
+            for a in list.iter().filter(|a| a.port() != 0) {
+                if !seen.insert(*a) {
+                    return Err(Invalid::new(
+                        key,
+                        format!("{a} is named twice among the SMTP listeners"),
+                    ));
+                }
+            }
+        }
+        if m.sasl_backend == SaslBackend::Dovecot && m.dovecot_auth_socket.is_empty() {
+            return Err(Invalid::new(
+                "smtp.dovecot_auth_socket",
+                "sasl_backend = \"dovecot\" needs the path of Dovecot's auth socket".into(),
+            ));
+        }
+        if m.smtpd_auth_failure_limit == 0
+            || m.smtpd_auth_failure_window_secs == 0
+            || m.smtpd_auth_cooldown_secs == 0
+        {
+            return Err(Invalid::new(
+                "smtp.smtpd_auth_failure_limit",
+                "smtpd_auth_failure_limit, smtpd_auth_failure_window_secs and \
+                 smtpd_auth_cooldown_secs must be above 0"
+                    .into(),
+            ));
+        }
+        if m.auth_workers > 1024 {
+            return Err(Invalid::new(
+                "smtp.auth_workers",
+                format!("{} is above 1024", m.auth_workers),
             ));
         }
         for n in &m.mynetworks {
@@ -164,17 +262,33 @@ mod tests {
     use crate::Config;
 
     #[test]
-    fn a_submission_listener_is_refused_until_submission_is_served() {
-        let msg = Config::parse("[smtp]\nsubmission_listen = [\"0.0.0.0:587\"]\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+    fn submission_needs_tls_distinct_listeners_and_a_dovecot_socket() {
+        let err = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
+        let msg = err("[smtp]\ntls = false\n");
         assert!(
-            msg.contains("smtp.submission_listen")
-                && msg.contains("0.0.0.0:587")
-                && msg.contains("not served"),
+            msg.contains("smtp.submission_listen") && msg.contains("TLS"),
             "{msg}"
         );
-        let cfg = Config::parse("[smtp]\nsubmission_listen = []\n", "t.toml").unwrap();
+        let cfg = Config::parse(
+            "[smtp]\ntls = false\nsubmission_listen = []\nsubmissions_listen = []\n",
+            "t.toml",
+        )
+        .unwrap();
         assert!(cfg.smtp.submission_listen.is_empty());
+        let msg = err("[smtp]\nsubmissions_listen = [\"127.0.0.1:1587\"]\n");
+        assert!(
+            msg.contains("127.0.0.1:1587") && msg.contains("twice"),
+            "{msg}"
+        );
+        let msg = err("[smtp]\nsasl_backend = \"dovecot\"\n");
+        assert!(msg.contains("smtp.dovecot_auth_socket"), "{msg}");
+        let msg = err("[smtp]\nsasl_backend = \"ldap\"\n");
+        assert!(
+            msg.contains("sasl_backend") || msg.contains("ldap"),
+            "{msg}"
+        );
+        let cfg = Config::default();
+        assert_eq!(cfg.smtp.submission_listen[0].port(), 1587);
+        assert_eq!(cfg.smtp.submissions_listen[0].port(), 1465);
     }
 }

@@ -59,6 +59,9 @@ pub struct Trace<'a> {
     pub queue_id: &'a str,
     /// Named with `for <...>` when the message has exactly one recipient.
     pub single_recipient: Option<&'a str>,
+    /// The authenticated user, when it is to be named
+    /// (`smtpd_sasl_authenticated_header`).
+    pub authenticated_sender: Option<&'a str>,
     pub unix_secs: u64,
 }
 
@@ -70,15 +73,52 @@ pub fn received_header(t: &Trace<'_>) -> String {
         .filter(|c| !c.is_control() && *c != '(' && *c != ')')
         .take(255)
         .collect();
-    let mut h = format!(
-        "Received: from {helo} (unknown [{}])\r\n\tby {} (hamail) with {} id {}",
-        t.client_ip, t.hostname, t.protocol, t.queue_id
-    );
+    let mut h = format!("Received: from {helo} (unknown [{}])\r\n", t.client_ip);
+    if let Some(user) = t.authenticated_sender {
+        let user: String = user
+            .chars()
+            .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+            .take(255)
+            .collect();
+        h.push_str(&format!("\t(Authenticated sender: {user})\r\n"));
+    }
+    h.push_str(&format!(
+        "\tby {} (hamail) with {} id {}",
+        t.hostname, t.protocol, t.queue_id
+    ));
     if let Some(r) = t.single_recipient {
         h.push_str(&format!("\r\n\tfor <{r}>"));
     }
     h.push_str(&format!("; {}\r\n", rfc5322_date(t.unix_secs)));
     h
+}
+
+/// The Date and Message-ID headers a submitted message lacks (RFC 6409
+/// 8.2, 8.3), ready to go before its header section; empty if it has both.
+pub fn missing_headers(body: &[u8], unix_secs: u64, queue_id: &str, hostname: &str) -> String {
+    let (mut date, mut mid) = (false, false);
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii_end();
+        date |= name.eq_ignore_ascii_case(b"date");
+        mid |= name.eq_ignore_ascii_case(b"message-id");
+    }
+    let mut out = String::new();
+    if !date {
+        out.push_str(&format!("Date: {}\r\n", rfc5322_date(unix_secs)));
+    }
+    if !mid {
+        out.push_str(&format!(
+            "Message-ID: <{unix_secs}.{queue_id}@{hostname}>\r\n"
+        ));
+    }
+    out
 }
 
 /// The Message-ID of a message, from its header section, for the log line
@@ -144,6 +184,7 @@ mod tests {
             protocol: "ESMTP",
             queue_id: "0123456789ABC001",
             single_recipient: Some("u@example.jp"),
+            authenticated_sender: None,
             unix_secs: 0,
         });
         assert_eq!(
@@ -160,5 +201,37 @@ mod tests {
             Some("<x@y>")
         );
         assert_eq!(message_id(b"Subject: a\r\n\r\nMessage-ID: <no>\r\n"), None);
+    }
+
+    #[test]
+    fn a_submitted_message_gets_the_date_and_message_id_it_lacks() {
+        let added = missing_headers(b"Subject: x\r\n\r\nbody\r\n", 0, "0123", "mx.example");
+        assert_eq!(
+            added,
+            "Date: Thu, 1 Jan 1970 00:00:00 +0000 (UTC)\r\nMessage-ID: <0.0123@mx.example>\r\n"
+        );
+        let full = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-Id: <a@b>\r\n\r\n";
+        assert_eq!(missing_headers(full, 0, "0123", "mx.example"), "");
+        // A "Date:" in the body is no header.
+        let added = missing_headers(b"Message-ID: <a@b>\r\n\r\nDate: x\r\n", 0, "1", "h");
+        assert!(added.starts_with("Date: "), "{added}");
+    }
+
+    #[test]
+    fn the_authenticated_sender_is_named_when_asked() {
+        let h = received_header(&Trace {
+            helo: "client.example",
+            client_ip: "127.0.0.1".parse().unwrap(),
+            hostname: "mx1.example.jp",
+            protocol: "ESMTPSA",
+            queue_id: "0123456789ABC001",
+            single_recipient: None,
+            authenticated_sender: Some("user@example.jp (x)"),
+            unix_secs: 0,
+        });
+        assert!(
+            h.contains("\t(Authenticated sender: user@example.jp x)\r\n\tby mx1.example.jp (hamail) with ESMTPSA id"),
+            "{h}"
+        );
     }
 }

@@ -6,13 +6,17 @@
 //! the queue manager an [`outbound::QueueStore`]).
 //!
 //! Layout, in the order a message meets it:
-//! - `server.rs`: the listener, connection limits, one task per session
+//! - `server.rs`: the listener (MX, submission, or submission over implicit
+//!   TLS), connection limits, one task per session
 //! - `session/`: one SMTP session by phase (`conn.rs` socket IO,
-//!   `envelope.rs` HELO/MAIL/RCPT, `body.rs` DATA/BDAT and the 250 after
-//!   the commit, `starttls.rs`), over `data.rs` (pure body readers),
-//!   `policy.rs` (recipient checks, aliases) and `headers.rs`
+//!   `envelope.rs` HELO/MAIL/RCPT, `auth.rs` the AUTH exchange, `body.rs`
+//!   DATA/BDAT and the 250 after the commit, `starttls.rs`), over `data.rs`
+//!   (pure body readers), `policy.rs` (recipient checks, aliases, sender
+//!   ownership), `auth.rs` (where passwords are checked, the brute-force
+//!   limiter) and `headers.rs`
 //! - `outbound/`: delivery of queued mail, by role (see its `mod.rs`)
 
+mod auth;
 mod data;
 mod headers;
 pub mod outbound;
@@ -24,11 +28,14 @@ mod tls;
 use std::future::Future;
 use std::time::Duration;
 
-use hamail_types::{NewMessage, NodeId};
+use hamail_types::{MailAddress, NewMessage, NodeId};
 
+pub use auth::{AuthService, PasswordSource};
 pub use data::{DataEvent, DataReader};
 pub use headers::{mailq_date, received_header, rfc5322_date};
-pub use policy::{AliasError, Tables, Verdict, check_recipient, expand_aliases, in_networks};
+pub use policy::{
+    AliasError, Tables, Verdict, check_recipient, expand_aliases, in_networks, sender_owned,
+};
 pub use server::{Smtpd, serve_stream};
 pub use session::IoStream;
 pub use tls::{ensure_self_signed, server_config};
@@ -79,6 +86,45 @@ pub trait Backend: Tables + Send + Sync + 'static {
     /// Commits the message on a majority; returns only when it is durable.
     fn enqueue(&self, message: NewMessage)
     -> impl Future<Output = Result<(), EnqueueError>> + Send;
+    /// Replaces a user's password hash with `new` if it is still `old` (the
+    /// upgrade to Argon2id after a login with an imported hash). Best
+    /// effort: the login has succeeded either way.
+    fn rehash(
+        &self,
+        user: MailAddress,
+        old: String,
+        new: String,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An MX (port 25): mail for our domains, relaying for mynetworks; AUTH
+    /// only when `Settings::auth` is set (`smtpd_sasl_auth_enable`).
+    Mx,
+    /// Submission (587, RFC 6409): STARTTLS before AUTH and MAIL, and MAIL
+    /// only once authenticated.
+    Submission,
+    /// Submission over implicit TLS (465, RFC 8314): TLS from the first
+    /// byte, then the rules of `Submission`.
+    Submissions,
+}
+
+impl Role {
+    /// MAIL needs an authenticated client.
+    pub fn is_submission(self) -> bool {
+        matches!(self, Role::Submission | Role::Submissions)
+    }
+
+    /// The name in log lines (Postfix's service names).
+    pub fn service(self) -> &'static str {
+        match self {
+            Role::Mx => "smtp",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
 }
 
 /// The smtpd's settings, with Postfix's names where Postfix has one.
@@ -99,8 +145,13 @@ pub struct Settings {
     pub smtpd_max_connections: usize,
     pub smtpd_hard_error_limit: u32,
     pub mynetworks: Vec<ipnet::IpNet>,
-    /// STARTTLS, when configured (it is by default).
+    /// STARTTLS, when configured (it is by default); the whole session on
+    /// a `Role::Submissions` listener.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// What this listener is for.
+    pub role: Role,
+    /// SMTP AUTH: offered when set (always on submission listeners).
+    pub auth: Option<std::sync::Arc<AuthService>>,
 }
 
 impl Settings {
@@ -121,6 +172,8 @@ impl Settings {
                 "::1/128".parse().expect("literal network"),
             ],
             tls: None,
+            role: Role::Mx,
+            auth: None,
         }
     }
 }

@@ -16,6 +16,35 @@ pub trait Tables {
         &self,
         address: &MailAddress,
     ) -> Result<Option<Vec<MailAddress>>, BackendError>;
+    /// The stored password hash (`{SCHEME}...`) of a user of the replicated
+    /// user table, if it is one.
+    fn user_hash(&self, user: &MailAddress) -> Result<Option<String>, BackendError>;
+    /// The users a `hamail sender allow` entry lets send as `sender`.
+    fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError>;
+}
+
+/// Whether the user logged in as `login` may use `sender` as the envelope
+/// sender (Postfix's `reject_sender_login_mismatch`): its own address, an
+/// alias whose expansion reaches it, or a `sender allow` entry for it.
+/// Compared without regard to case.
+pub fn sender_owned(
+    tables: &impl Tables,
+    login: &str,
+    sender: &MailAddress,
+) -> Result<bool, BackendError> {
+    let same = |a: &MailAddress| a.to_string().eq_ignore_ascii_case(login);
+    if same(sender) {
+        return Ok(true);
+    }
+    if tables.sender_logins(sender)?.iter().any(same) {
+        return Ok(true);
+    }
+    match expand_aliases(tables, std::slice::from_ref(sender)) {
+        Ok(targets) => Ok(targets.iter().any(same)),
+        Err(AliasError::Table(e)) => Err(e),
+        // An alias that expands too far or too deep owns nobody.
+        Err(_) => Ok(false),
+    }
 }
 
 /// Why aliases could not be expanded (the message is refused with 550 5.4.6).
@@ -160,6 +189,35 @@ mod tests {
                 _ => None,
             })
         }
+        fn user_hash(&self, _: &MailAddress) -> Result<Option<String>, BackendError> {
+            Ok(None)
+        }
+        fn sender_logins(&self, s: &MailAddress) -> Result<Vec<MailAddress>, BackendError> {
+            Ok(match s.to_string().as_str() {
+                "shared@example.jp" => vec![a("user@example.jp")],
+                _ => Vec::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_login_owns_its_address_its_aliases_and_allowed_senders() {
+        let t = T {
+            domains: vec![("example.jp", DomainKind::Local)],
+            recipients: ["user@example.jp"].into(),
+            aliases: ["info@example.jp"].into(),
+        };
+        let owned = |login: &str, sender: &str| sender_owned(&t, login, &a(sender)).unwrap();
+        assert!(owned("user@example.jp", "user@example.jp"));
+        assert!(owned("User@Example.JP", "user@example.jp"));
+        // info@ expands to user@ (and an outside address).
+        assert!(owned("user@example.jp", "info@example.jp"));
+        assert!(owned("user@example.jp", "shared@example.jp"));
+        assert!(!owned("other@example.jp", "info@example.jp"));
+        assert!(!owned("other@example.jp", "user@example.jp"));
+        assert!(!owned("other@example.jp", "shared@example.jp"));
+        // An alias loop owns nobody (and is no error).
+        assert!(!owned("user@example.jp", "loop1@example.jp"));
     }
 
     fn a(s: &str) -> MailAddress {

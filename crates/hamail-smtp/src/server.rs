@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::session::Session;
-use crate::{Backend, Settings, SmtpError};
+use crate::{Backend, Role, Settings, SmtpError};
 
 pub struct Smtpd<B: Backend> {
     listener: TcpListener,
@@ -126,22 +126,56 @@ impl<B: Backend> Smtpd<B> {
                     // Postfix's stress mode: past 80 % of the limit, idle
                     // clients get short timeouts.
                     let stressed = total * 5 > self.settings.smtpd_max_connections * 4;
-                    let session = Session::new(
-                        self.backend.clone(),
-                        self.settings.clone(),
-                        Box::new(stream),
-                        peer,
-                        cancel.child_token(),
-                        stressed,
-                    );
+                    let backend = self.backend.clone();
+                    let settings = self.settings.clone();
+                    let cancel = cancel.child_token();
                     sessions.spawn(async move {
                         let _slot = slot;
-                        session.run().await;
+                        let Some((io, tls)) = open(&settings, stream, peer, &cancel).await else {
+                            return;
+                        };
+                        Session::new(backend, settings, io, peer, cancel, stressed, tls)
+                            .run()
+                            .await;
                     });
                 }
             }
         }
         while sessions.join_next().await.is_some() {}
+    }
+}
+
+/// The session's stream: the socket, or on a `Role::Submissions` listener
+/// the TLS stream over it once the handshake is done (RFC 8314); `None`
+/// when that handshake fails (logged as Postfix does).
+async fn open(
+    settings: &Settings,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+) -> Option<(Box<dyn crate::IoStream>, bool)> {
+    if settings.role != Role::Submissions {
+        return Some((Box::new(stream), false));
+    }
+    let tls = settings.tls.clone()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let limit = settings
+        .smtpd_timeout
+        .min(std::time::Duration::from_secs(60));
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+        _ = cancel.cancelled() => return None,
+    };
+    match handshake {
+        Ok(Ok(s)) => Some((Box::new(s), true)),
+        Ok(Err(e)) => {
+            tracing::info!(target: "postfix/smtpd", "SSL_accept error from unknown[{}]: {e}", peer.ip());
+            None
+        }
+        Err(_) => {
+            tracing::info!(target: "postfix/smtpd", "SSL_accept error from unknown[{}]: timed out", peer.ip());
+            None
+        }
     }
 }
 
@@ -154,7 +188,7 @@ pub async fn serve_stream<B: Backend>(
     peer: SocketAddr,
     cancel: CancellationToken,
 ) {
-    Session::new(backend, settings, io, peer, cancel, false)
+    Session::new(backend, settings, io, peer, cancel, false, false)
         .run()
         .await;
 }

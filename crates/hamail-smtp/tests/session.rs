@@ -14,6 +14,10 @@ struct Fake {
     queued: Mutex<Vec<NewMessage>>,
     no_quorum: AtomicBool,
     fail_enqueue: AtomicBool,
+    /// user -> stored hash.
+    users: Mutex<std::collections::HashMap<String, String>>,
+    /// (user, old, new) of every rehash asked.
+    rehashed: Mutex<Vec<(String, String, String)>>,
 }
 
 impl Tables for Fake {
@@ -25,6 +29,15 @@ impl Tables for Fake {
     }
     fn alias_targets(&self, a: &MailAddress) -> Result<Option<Vec<MailAddress>>, BackendError> {
         Ok((a.local() == "info").then(|| vec![MailAddress::parse("user@example.jp").unwrap()]))
+    }
+    fn user_hash(&self, user: &MailAddress) -> Result<Option<String>, BackendError> {
+        Ok(self.users.lock().unwrap().get(&user.to_string()).cloned())
+    }
+    fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError> {
+        Ok(match sender.to_string().as_str() {
+            "team@example.jp" => vec![MailAddress::parse("user@example.jp").unwrap()],
+            _ => Vec::new(),
+        })
     }
 }
 
@@ -40,6 +53,18 @@ impl Backend for Fake {
             return Err(EnqueueError::NoQuorum("test".into()));
         }
         self.queued.lock().unwrap().push(m);
+        Ok(())
+    }
+    async fn rehash(
+        &self,
+        user: MailAddress,
+        old: String,
+        new: String,
+    ) -> Result<(), BackendError> {
+        self.rehashed
+            .lock()
+            .unwrap()
+            .push((user.to_string(), old, new));
         Ok(())
     }
 }
@@ -379,4 +404,241 @@ async fn aliases_are_expanded_before_the_message_is_queued() {
     let q = fake.queued.lock().unwrap();
     let rcpts: Vec<String> = q[0].recipients.iter().map(|r| r.to_string()).collect();
     assert_eq!(rcpts, ["user@example.jp"], "once, as its alias's target");
+}
+
+// ---------------------------------------------------------------- AUTH
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A submission session (AUTH allowed without TLS here: the pipe is no
+/// socket; TLS itself is tested with real clients in tests/tests/smtp.rs).
+fn submission(fake: Arc<Fake>, limit: u32) -> Client {
+    use hamail_auth::limiter::FailureLimiter;
+    use hamail_auth::pool::VerifyPool;
+    use hamail_smtp::{AuthService, PasswordSource, Role};
+    let mut settings = test_settings();
+    settings.role = Role::Mx;
+    let service = AuthService::new(
+        PasswordSource::Cluster(VerifyPool::new(2, std::time::Duration::from_secs(60))),
+        FailureLimiter::new(
+            limit,
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(600),
+        ),
+        false,
+        true,
+    )
+    .unwrap();
+    settings.auth = Some(Arc::new(service));
+    start_with(fake, settings, CancellationToken::new()).0
+}
+
+fn with_user(user: &str, password: &str) -> Arc<Fake> {
+    let fake = Arc::new(Fake::default());
+    let hash = hamail_auth::password::hash_password(password.as_bytes()).unwrap();
+    fake.users.lock().unwrap().insert(user.into(), hash);
+    fake
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_then_only_owned_senders() {
+    let fake = with_user("user@example.jp", "s3cret");
+    let mut c = submission(fake.clone(), 10);
+    c.reply().await;
+    let r = c.cmd("AUTH PLAIN AHVzZXJAZXhhbXBsZS5qcABzM2NyZXQ=").await;
+    assert!(r.starts_with("503 5.5.1"), "AUTH before EHLO: {r}");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0wrong")))
+        .await;
+    assert!(r.starts_with("535 5.7.8"), "wrong password: {r}");
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0s3cret")))
+        .await;
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0s3cret")))
+        .await;
+    assert!(
+        r.starts_with("503 5.5.1") && r.contains("already"),
+        "twice: {r}"
+    );
+    // Not its address: refused; its own, its alias and an allowed one pass.
+    let r = c.cmd("MAIL FROM:<boss@example.jp>").await;
+    assert!(
+        r.starts_with("553 5.7.1") && r.contains("not owned by user user@example.jp"),
+        "{r}"
+    );
+    for sender in ["user@example.jp", "info@example.jp", "team@example.jp", ""] {
+        let r = c.cmd(&format!("MAIL FROM:<{sender}>")).await;
+        assert!(r.starts_with("250"), "{sender}: {r}");
+        // Authenticated: relays anywhere.
+        let r = c.cmd("RCPT TO:<someone@elsewhere.example>").await;
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("RSET").await;
+    }
+    c.cmd("MAIL FROM:<user@example.jp>").await;
+    c.cmd("RCPT TO:<someone@elsewhere.example>").await;
+    let r = c.cmd("AUTH LOGIN").await;
+    assert!(r.starts_with("503"), "AUTH during a transaction: {r}");
+    c.cmd("DATA").await;
+    let r = c.cmd("Subject: no date\r\n\r\nhello\r\n.").await;
+    assert!(r.starts_with("250"), "{r}");
+    let body = String::from_utf8(fake.queued.lock().unwrap()[0].body.clone()).unwrap();
+    assert!(body.contains("with ESMTPA id"), "{body}");
+    assert!(
+        body.contains("(Authenticated sender: user@example.jp)"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\r\nDate: ") && body.contains("\r\nMessage-ID: <"),
+        "{body}"
+    );
+
+    // LOGIN, step by step, on a second session.
+    let mut c = submission(fake.clone(), 10);
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("AUTH LOGIN").await.trim_end(), "334 VXNlcm5hbWU6");
+    assert_eq!(
+        c.cmd(&b64(b"user@example.jp")).await.trim_end(),
+        "334 UGFzc3dvcmQ6"
+    );
+    let r = c.cmd(&b64(b"s3cret")).await;
+    assert!(r.starts_with("235"), "{r}");
+}
+
+#[tokio::test]
+async fn hostile_auth_gets_clear_errors_and_the_next_client_is_served() {
+    let fake = with_user("user@example.jp", "s3cret");
+    let mut c = submission(fake.clone(), 100);
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    for (line, code) in [
+        ("AUTH CRAM-MD5", "504 5.5.4"),
+        ("AUTH", "501 5.5.4"),
+        ("AUTH PLAIN !!!notbase64", "501 5.5.2"),
+        ("AUTH PLAIN *", "501 5.7.0"),
+        // user NUL password, one NUL missing.
+        ("AUTH PLAIN dXNlckBleGFtcGxlLmpwAHMzY3JldA==", "535 5.7.8"),
+        // empty password
+        ("AUTH PLAIN AHVzZXJAZXhhbXBsZS5qcAA=", "535 5.7.8"),
+        // another authorization identity
+        (
+            "AUTH PLAIN Ym9zc0BleGFtcGxlLmpwAHVzZXJAZXhhbXBsZS5qcABzM2NyZXQ=",
+            "535 5.7.8",
+        ),
+    ] {
+        let r = c.cmd(line).await;
+        assert!(r.starts_with(code), "{line}: {r}");
+    }
+    // Cancel in the middle of LOGIN.
+    assert!(c.cmd("AUTH LOGIN").await.starts_with("334"));
+    let r = c.cmd("*").await;
+    assert!(r.starts_with("501 5.7.0"), "{r}");
+    // An initial response of 20 KB.
+    let big = format!("AUTH PLAIN {}", "A".repeat(20 * 1024));
+    let r = c.cmd(&big).await;
+    assert!(r.starts_with("500 5.5.6"), "{r}");
+    // Nothing above authenticated; the right password still works.
+    let r = c.cmd("MAIL FROM:<user@example.jp>").await;
+    assert!(
+        r.starts_with("250"),
+        "Mx role: MAIL without AUTH is fine: {r}"
+    );
+    c.cmd("RSET").await;
+    let r = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            b64(b"user@example.jp\0user@example.jp\0s3cret")
+        ))
+        .await;
+    assert!(r.starts_with("235"), "authzid = user is fine: {r}");
+}
+
+#[tokio::test]
+async fn failures_block_the_address_even_for_the_right_password() {
+    let fake = with_user("user@example.jp", "s3cret");
+    // One service (one limiter) for all the sessions from one address.
+    use hamail_auth::limiter::FailureLimiter;
+    use hamail_auth::pool::VerifyPool;
+    use hamail_smtp::{AuthService, PasswordSource};
+    let service = Arc::new(
+        AuthService::new(
+            PasswordSource::Cluster(VerifyPool::new(2, std::time::Duration::from_secs(60))),
+            FailureLimiter::new(
+                3,
+                std::time::Duration::from_secs(600),
+                std::time::Duration::from_secs(600),
+            ),
+            false,
+            false,
+        )
+        .unwrap(),
+    );
+    let mut settings = test_settings();
+    settings.auth = Some(service);
+    let (mut c, _) = start_with(fake.clone(), settings.clone(), CancellationToken::new());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    for _ in 0..3 {
+        let r = c
+            .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0bad")))
+            .await;
+        assert!(r.starts_with("535"), "{r}");
+    }
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0s3cret")))
+        .await;
+    assert!(r.starts_with("454 4.7.0"), "blocked: {r}");
+    // A new session from the same address: still blocked.
+    let (mut c, _) = start_with(fake.clone(), settings, CancellationToken::new());
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0s3cret")))
+        .await;
+    assert!(r.starts_with("454 4.7.0"), "blocked: {r}");
+}
+
+#[tokio::test]
+async fn an_imported_hash_is_upgraded_after_a_login() {
+    let fake = Arc::new(Fake::default());
+    // {SHA512-CRYPT} of "secret" (`openssl passwd -6 -salt saltsalt secret`).
+    let old = "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1".to_string();
+    fake.users
+        .lock()
+        .unwrap()
+        .insert("user@example.jp".into(), old.clone());
+    let mut c = submission(fake.clone(), 10);
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"\0user@example.jp\0secret")))
+        .await;
+    assert!(r.starts_with("235"), "{r}");
+    let rehashed = hamail_tests_poll(|| fake.rehashed.lock().unwrap().first().cloned()).await;
+    assert_eq!(rehashed.0, "user@example.jp");
+    assert_eq!(rehashed.1, old);
+    assert!(
+        rehashed.2.starts_with("{ARGON2ID}$argon2id$"),
+        "{}",
+        rehashed.2
+    );
+}
+
+/// Polls `f` until it gives a value (bounded by PATIENCE).
+async fn hamail_tests_poll<T>(f: impl Fn() -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "gave up waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

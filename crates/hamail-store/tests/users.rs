@@ -315,7 +315,10 @@ fn sender_allow_needs_the_user_and_goes_with_it() {
         s.sender_allowed_users(&shared).unwrap(),
         [u.clone(), v.clone()]
     );
-    assert_eq!(s.sender_allowed_users(&outside).unwrap(), std::slice::from_ref(&u));
+    assert_eq!(
+        s.sender_allowed_users(&outside).unwrap(),
+        std::slice::from_ref(&u)
+    );
     assert!(s.sender_allowed_users(&u).unwrap().is_empty());
     assert_eq!(s.sender_allows().unwrap().len(), 3);
 
@@ -338,7 +341,10 @@ fn sender_allow_needs_the_user_and_goes_with_it() {
         reason(&o[1])
             .contains("no sender-allow entry lets frank@example.jp send as sales@example.jp")
     );
-    assert_eq!(s.sender_allowed_users(&shared).unwrap(), std::slice::from_ref(&u));
+    assert_eq!(
+        s.sender_allowed_users(&shared).unwrap(),
+        std::slice::from_ref(&u)
+    );
 
     // Deleting erin deletes the entries that let erin send; the others stay.
     apply_all(&s, &[allow(&shared, &v)], 1);

@@ -10,16 +10,22 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use hamail_auth::dovecot::DovecotAuth;
+use hamail_auth::limiter::FailureLimiter;
+use hamail_auth::pool::VerifyPool;
 use hamail_config::Config;
+use hamail_config::SaslBackend;
 use hamail_raft::{Cluster, ProposeError, RaftNode};
 use hamail_smtp::outbound::client::ClientOptions;
 use hamail_smtp::outbound::lease::{LeaderView, handovers};
 use hamail_smtp::outbound::{DeliverySettings, QueueStore, route};
-use hamail_smtp::{Backend, BackendError, EnqueueError, Settings, Smtpd, Tables};
+use hamail_smtp::{
+    AuthService, Backend, BackendError, EnqueueError, PasswordSource, Role, Settings, Smtpd, Tables,
+};
 use hamail_store::Store;
 use hamail_types::{
-    Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, QueueEntry, QueueId,
-    TransportSpec,
+    Command, DomainKind, DomainName, MailAddress, NewMessage, NodeId, Outcome, PasswordHash,
+    QueueEntry, QueueId, TransportSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +121,17 @@ impl Tables for ClusterBackend {
             .map(|r| r.map(|r| r.targets))
             .map_err(read_error)
     }
+
+    fn user_hash(&self, user: &MailAddress) -> Result<Option<String>, BackendError> {
+        self.store
+            .user(user)
+            .map(|u| u.map(|u| u.hash.as_str().to_string()))
+            .map_err(read_error)
+    }
+
+    fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError> {
+        self.store.sender_allowed_users(sender).map_err(read_error)
+    }
 }
 
 impl Backend for ClusterBackend {
@@ -153,6 +170,40 @@ impl Backend for ClusterBackend {
             ) => Err(EnqueueError::NoQuorum(e.to_string())),
             Err(e) => Err(EnqueueError::Failed(e.to_string())),
         }
+    }
+
+    async fn rehash(
+        &self,
+        user: MailAddress,
+        old: String,
+        new: String,
+    ) -> Result<(), BackendError> {
+        let hash = |h: &str| {
+            PasswordHash::parse(h).map_err(|e| BackendError::Commit(format!("hash: {e}")))
+        };
+        let cmd = Command::UserRehash {
+            address: user,
+            old: hash(&old)?,
+            new: hash(&new)?,
+        };
+        match self.propose_one(cmd).await? {
+            Outcome::Rejected { reason } => Err(BackendError::Commit(reason)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ClusterBackend {
+    async fn propose_one(&self, cmd: Command) -> Result<Outcome, BackendError> {
+        let Some(node) = self.node().cloned() else {
+            return Err(BackendError::NotInCluster);
+        };
+        node.propose(vec![cmd])
+            .await
+            .map_err(|e| BackendError::Commit(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackendError::Commit("no outcome".into()))
     }
 }
 
@@ -401,41 +452,110 @@ fn settings(cfg: &Config, data_dir: &Path) -> anyhow::Result<Settings> {
     Ok(out)
 }
 
-/// Binds the SMTP listeners; done before the store is opened, so a busy
-/// port changes nothing.
-pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
-    let mut out = Vec::new();
-    for addr in &cfg.smtp.listen {
-        out.push(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (smtp.listen)"))?,
-        );
-    }
-    Ok(out)
+/// The AUTH service of `[smtp]`: one per node, shared by its listeners.
+fn auth_service(cfg: &Config) -> anyhow::Result<AuthService> {
+    let s = &cfg.smtp;
+    let source = match s.sasl_backend {
+        SaslBackend::Cluster => {
+            let workers = if s.auth_workers == 0 {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                s.auth_workers
+            };
+            PasswordSource::Cluster(VerifyPool::new(
+                workers,
+                Duration::from_secs(s.auth_cache_ttl_secs),
+            ))
+        }
+        SaslBackend::Dovecot => {
+            PasswordSource::Dovecot(DovecotAuth::new(s.dovecot_auth_socket.clone()))
+        }
+    };
+    let limiter = FailureLimiter::new(
+        s.smtpd_auth_failure_limit,
+        Duration::from_secs(s.smtpd_auth_failure_window_secs),
+        Duration::from_secs(s.smtpd_auth_cooldown_secs),
+    );
+    AuthService::new(
+        source,
+        limiter,
+        s.smtpd_tls_auth_only,
+        s.smtpd_sasl_authenticated_header,
+    )
+    .context("cannot start SMTP AUTH")
 }
 
-/// The smtpds on bound listeners, sharing one backend over the store.
+/// The SMTP listeners, each with its role.
+pub struct Listeners(Vec<(Role, tokio::net::TcpListener)>);
+
+/// Binds the SMTP listeners (MX, submission, submission over TLS); done
+/// before the store is opened, so a busy port changes nothing.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+    let mut out = Vec::new();
+    for (role, key, addrs) in [
+        (Role::Mx, "smtp.listen", &cfg.smtp.listen),
+        (
+            Role::Submission,
+            "smtp.submission_listen",
+            &cfg.smtp.submission_listen,
+        ),
+        (
+            Role::Submissions,
+            "smtp.submissions_listen",
+            &cfg.smtp.submissions_listen,
+        ),
+    ] {
+        for addr in addrs {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+            out.push((role, l));
+        }
+    }
+    Ok(Listeners(out))
+}
+
+/// The smtpds on bound listeners, sharing one backend over the store and
+/// one AUTH service.
 pub fn smtpds(
     cfg: &Config,
     data_dir: &Path,
     store: Store,
-    listeners: Vec<tokio::net::TcpListener>,
+    listeners: Listeners,
 ) -> anyhow::Result<(Arc<ClusterBackend>, Vec<Smtpd<ClusterBackend>>)> {
+    let listeners = listeners.0;
     let backend = Arc::new(ClusterBackend {
         store,
+        // The MX addresses: where other MTAs (and our own delivery) connect.
         own_listen: listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(role, _)| *role == Role::Mx)
+            .filter_map(|(_, l)| l.local_addr().ok())
             .collect(),
         interfaces: std::sync::Mutex::new(None),
         node: OnceLock::new(),
         cluster: OnceLock::new(),
     });
-    let settings = Arc::new(settings(cfg, data_dir)?);
+    let base = settings(cfg, data_dir)?;
+    let needs_auth =
+        cfg.smtp.smtpd_sasl_auth_enable || listeners.iter().any(|(r, _)| r.is_submission());
+    let auth = if needs_auth {
+        Some(Arc::new(auth_service(cfg)?))
+    } else {
+        None
+    };
+    let for_role = |role: Role| {
+        let mut s = base.clone();
+        s.role = role;
+        s.auth = match role {
+            Role::Mx if !cfg.smtp.smtpd_sasl_auth_enable => None,
+            _ => auth.clone(),
+        };
+        Arc::new(s)
+    };
     let servers = listeners
         .into_iter()
-        .map(|l| Smtpd::from_listener(l, backend.clone(), settings.clone()))
+        .map(|(role, l)| Smtpd::from_listener(l, backend.clone(), for_role(role)))
         .collect();
     Ok((backend, servers))
 }

@@ -24,9 +24,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.node.log))
         .with_context(|| format!("invalid log filter {:?} (node.log)", cfg.node.log))?;
+    // Colours only for a person at a terminal: a log file (what fail2ban
+    // and log reports read) gets plain lines.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Every SMTP and DNS-over-TCP session holds a descriptor: take the hard
     // limit rather than the shell's soft 1024, as Postfix's master does.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::conn::Step;
 use super::{Flow, Session, printable, unix_now};
 use crate::data::{DataEvent, DataReader, bare_line_ending};
-use crate::headers::{Trace, message_id, received_header};
+use crate::headers::{Trace, message_id, missing_headers, received_header};
 use crate::{Backend, EnqueueError};
 
 impl<B: Backend> Session<B> {
@@ -146,14 +146,21 @@ impl<B: Backend> Session<B> {
             return Ok(self.error("503 5.5.1 Error: need RCPT command"));
         };
         let now = unix_now();
-        let protocol = match (txn.smtputf8, self.esmtp, self.tls) {
-            (true, _, true) => "UTF8SMTPS",
-            (true, _, false) => "UTF8SMTP",
-            (false, true, true) => "ESMTPS",
-            (false, true, false) => "ESMTP",
-            (false, false, true) => "SMTPS",
-            (false, false, false) => "SMTP",
+        // RFC 3848 (and 6531): S for TLS, A for an authenticated client.
+        let base = match (txn.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
         };
+        let protocol = format!(
+            "{base}{}{}",
+            if self.tls { "S" } else { "" },
+            if self.authenticated.is_some() {
+                "A"
+            } else {
+                ""
+            }
+        );
         // Aliases are rewritten now, as Postfix's cleanup does, so the queue
         // holds the final recipients and each is delivered exactly once.
         let recipients = match crate::policy::expand_aliases(self.backend.as_ref(), &txn.recipients)
@@ -171,20 +178,37 @@ impl<B: Backend> Session<B> {
         };
         let single = (txn.recipients.len() == 1).then(|| txn.recipients[0].to_string());
         let helo = self.helo.clone().unwrap_or_default();
+        let named_user = match (&self.authenticated, &self.settings.auth) {
+            (Some(a), Some(s)) if s.authenticated_header => Some(a.user.as_str()),
+            _ => None,
+        };
         let received = received_header(&Trace {
             helo: &helo,
             client_ip: self.peer.ip(),
             hostname: &self.settings.hostname,
-            protocol,
+            protocol: &protocol,
+            authenticated_sender: named_user,
             queue_id: queue_id.as_str(),
             single_recipient: single.as_deref(),
             unix_secs: now.as_secs(),
         });
-        let mut full = Vec::with_capacity(received.len() + body.len());
+        // RFC 6409 8.2, 8.3: a submission server adds what a client left out.
+        let added = if self.authenticated.is_some() {
+            missing_headers(
+                &body,
+                now.as_secs(),
+                queue_id.as_str(),
+                &self.settings.hostname,
+            )
+        } else {
+            String::new()
+        };
+        let mut full = Vec::with_capacity(received.len() + added.len() + body.len());
         full.extend_from_slice(received.as_bytes());
+        full.extend_from_slice(added.as_bytes());
         full.extend_from_slice(&body);
         let eight_bit = txn.eight_bit || body.iter().any(|b| *b >= 0x80);
-        if let Some(mid) = message_id(&body) {
+        if let Some(mid) = message_id(&full) {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: message-id={mid}");
         }
         let size = full.len();

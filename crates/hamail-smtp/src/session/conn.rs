@@ -38,7 +38,8 @@ pub(super) enum Line {
     /// The line, CRLF (or LF) included.
     Ok(Vec<u8>),
     /// Longer than the limit; the rest up to the LF was discarded.
-    TooLong,
+    /// `head`: its first bytes (at most 16), to tell what it was.
+    TooLong { head: Vec<u8> },
 }
 
 /// The socket side: a read buffer, a reply buffer, and deadlines.
@@ -152,21 +153,27 @@ impl Conn {
     /// it (slowloris).
     pub(super) async fn read_line(&mut self, limit: usize) -> Step<Line> {
         let deadline = Instant::now() + self.timeout;
-        let mut skipping = false;
+        let mut skipped: Option<Vec<u8>> = None;
         loop {
             let buf = self.buffered();
             if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line = buf[..=pos].to_vec();
                 self.consume(pos + 1);
-                if skipping || line.len() > limit {
-                    return Ok(Line::TooLong);
+                if let Some(head) = skipped {
+                    return Ok(Line::TooLong { head });
+                }
+                if line.len() > limit {
+                    let head = line[..16.min(line.len())].to_vec();
+                    return Ok(Line::TooLong { head });
                 }
                 return Ok(Line::Ok(line));
             }
             if buf.len() > limit {
                 let n = buf.len();
+                if skipped.is_none() {
+                    skipped = Some(buf[..16.min(n)].to_vec());
+                }
                 self.consume(n);
-                skipping = true;
             }
             self.fill(deadline).await?;
         }

@@ -37,6 +37,12 @@ impl<B: Backend> Session<B> {
         if self.settings.tls.is_some() && !self.tls {
             lines.push("STARTTLS".into());
         }
+        if let Some(auth) = &self.settings.auth
+            && (self.tls || !auth.tls_only)
+            && self.authenticated.is_none()
+        {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         lines.extend(["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"].map(String::from));
         let n = lines.len();
         for (i, l) in lines.iter().enumerate() {
@@ -66,6 +72,15 @@ impl<B: Backend> Session<B> {
         if self.txn.is_some() {
             return self.error("503 5.5.1 Error: nested MAIL command");
         }
+        if self.settings.role.is_submission() {
+            if !self.tls {
+                return self.error("530 5.7.0 Must issue a STARTTLS command first");
+            }
+            if self.authenticated.is_none() {
+                tracing::info!(target: "postfix/smtpd", "NOQUEUE: reject: MAIL from {}: 530 5.7.0 Authentication required; proto=ESMTP helo=<{}>", self.client(), self.helo.as_deref().unwrap_or(""));
+                return self.error("530 5.7.0 Authentication required");
+            }
+        }
         let limit = self.settings.message_size_limit;
         if from.size > limit {
             tracing::info!(target: "postfix/smtpd", "NOQUEUE: reject: MAIL from {}: 552 5.3.4 Message size exceeds fixed limit; proto=ESMTP helo=<{}>", self.client(), self.helo.as_deref().unwrap_or(""));
@@ -90,6 +105,27 @@ impl<B: Backend> Session<B> {
         };
         if !raw.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
             return self.error("553 5.6.7 Must declare SMTPUTF8 to send a UTF-8 address");
+        }
+        if let (Some(auth), Some(sender)) = (&self.authenticated, &sender) {
+            match crate::policy::sender_owned(self.backend.as_ref(), &auth.user, sender) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let text = format!(
+                        "553 5.7.1 <{}>: Sender address rejected: not owned by user {}",
+                        printable(&raw),
+                        printable(&auth.user)
+                    );
+                    tracing::info!(target: "postfix/smtpd", "NOQUEUE: reject: MAIL from {}: {text}; proto=ESMTP helo=<{}>", self.client(), self.helo.as_deref().unwrap_or(""));
+                    return self.error(&text);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sender ownership lookup failed");
+                    return self.error(&format!(
+                        "451 4.3.0 <{}>: Temporary lookup failure",
+                        printable(&raw)
+                    ));
+                }
+            }
         }
         if !self.backend.has_quorum() {
             return self.error(
@@ -151,7 +187,9 @@ impl<B: Backend> Session<B> {
                 return reject(self, text);
             }
         };
-        match check_recipient(self.backend.as_ref(), &rcpt, self.trusted) {
+        // An authenticated user may send anywhere (permit_sasl_authenticated).
+        let may_relay = self.trusted || self.authenticated.is_some();
+        match check_recipient(self.backend.as_ref(), &rcpt, may_relay) {
             Verdict::Accept => {}
             Verdict::Unknown { table } => {
                 return reject(
@@ -173,7 +211,15 @@ impl<B: Backend> Session<B> {
             }
         }
         let node = self.backend.node_id();
-        let client = self.client();
+        let client = match &self.authenticated {
+            Some(a) => format!(
+                "{}, sasl_method={}, sasl_username={}",
+                self.client(),
+                a.method,
+                printable(&a.user)
+            ),
+            None => self.client(),
+        };
         let Some(txn) = self.txn.as_mut() else {
             return Flow::Continue;
         };

@@ -7,6 +7,7 @@
 //! readers (data.rs). The reply to the end of a message is sent only after
 //! the backend says the message is committed on a majority (body.rs).
 
+mod auth;
 mod body;
 mod conn;
 mod envelope;
@@ -60,8 +61,15 @@ struct Counts {
     rset: u32,
     quit: u32,
     starttls: u32,
+    auth: u32,
     other: u32,
     rejected: u32,
+}
+
+/// Who the client authenticated as, and how.
+struct Authenticated {
+    user: String,
+    method: &'static str,
 }
 
 pub(crate) struct Session<B: Backend> {
@@ -74,6 +82,8 @@ pub(crate) struct Session<B: Backend> {
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
+    /// Set by a successful AUTH; for the rest of the session.
+    authenticated: Option<Authenticated>,
     txn: Option<Txn>,
     errors: u32,
     counts: Counts,
@@ -118,6 +128,7 @@ impl<B: Backend> Session<B> {
         peer: SocketAddr,
         cancel: CancellationToken,
         stressed: bool,
+        tls: bool,
     ) -> Self {
         let trusted = crate::policy::in_networks(&settings.mynetworks, peer.ip());
         // Under stress, short timeouts like Postfix's
@@ -135,7 +146,8 @@ impl<B: Backend> Session<B> {
             conn: Conn::new(io, cancel, timeout),
             helo: None,
             esmtp: false,
-            tls: false,
+            tls,
+            authenticated: None,
             txn: None,
             errors: 0,
             counts: Counts::default(),
@@ -198,6 +210,7 @@ impl<B: Backend> Session<B> {
             ("ehlo", c.ehlo),
             ("helo", c.helo),
             ("starttls", c.starttls),
+            ("auth", c.auth),
             ("mail", c.mail),
             ("rcpt", c.rcpt),
             ("data", c.data),
@@ -213,6 +226,7 @@ impl<B: Backend> Session<B> {
         let total = c.ehlo
             + c.helo
             + c.starttls
+            + c.auth
             + c.mail
             + c.rcpt
             + c.data
@@ -250,10 +264,16 @@ impl<B: Backend> Session<B> {
         }
         let banner = format!("220 {} ESMTP", self.settings.hostname);
         self.conn.reply(&banner);
+        // AUTH lines may be longer than other commands (RFC 4954).
+        let limit = self.settings.line_length_limit;
+        let read_limit = limit.max(auth::AUTH_LINE_LIMIT);
         loop {
-            let flow = match self.conn.read_line(self.settings.line_length_limit).await? {
-                Line::Ok(line) => self.command(line).await?,
-                Line::TooLong => self.error("500 5.5.2 Error: line too long"),
+            let flow = match self.conn.read_line(read_limit).await? {
+                Line::Ok(line) if line.len() <= limit || auth::is_auth(&line) => {
+                    self.command(line).await?
+                }
+                Line::TooLong { head } if auth::is_auth(&head) => self.error(auth::TOO_LONG),
+                Line::Ok(_) | Line::TooLong { .. } => self.error("500 5.5.2 Error: line too long"),
             };
             if flow == Flow::Close {
                 return Ok(());
@@ -283,6 +303,12 @@ impl<B: Backend> Session<B> {
     async fn command(&mut self, line: Vec<u8>) -> Step<Flow> {
         if line.contains(&0) {
             return Ok(self.error("500 5.5.2 Error: bad syntax (NUL byte)"));
+        }
+        // Ours to parse: smtp-proto knows only the mechanisms it names and
+        // would not let us tell the client which part was wrong.
+        if auth::is_auth(&line) {
+            self.counts.auth += 1;
+            return self.auth(&line).await;
         }
         // RFC 3030 allows an empty last chunk; smtp-proto refuses size 0.
         if is_empty_last_chunk(&line) {
@@ -342,10 +368,6 @@ impl<B: Backend> Session<B> {
                 return Ok(self.error("502 5.5.1 VRFY command is disabled"));
             }
             Request::Help { .. } => self.conn.reply("214 2.0.0 See RFC 5321"),
-            Request::Auth { .. } => {
-                self.counts.other += 1;
-                return Ok(self.error("503 5.5.1 Error: authentication not enabled"));
-            }
             _ => {
                 self.counts.other += 1;
                 return Ok(self.error("502 5.5.2 Error: command not recognized"));
