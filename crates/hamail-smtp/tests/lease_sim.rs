@@ -181,7 +181,7 @@ impl Model {
                 size: m.body.len() as u64,
                 owner: m.owner,
                 epoch: 1,
-                held: false,
+                held: m.held,
                 client: m.client.clone(),
                 helo: m.helo.clone(),
                 smtputf8: m.smtputf8,
@@ -474,6 +474,7 @@ impl Sim {
             helo: "client.example".into(),
             smtputf8: false,
             eight_bit: false,
+            held: false,
             body: format!("Subject: {id}\r\n\r\nbody\r\n").into_bytes(),
         };
         self.propose(

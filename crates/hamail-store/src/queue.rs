@@ -34,7 +34,7 @@ impl Applier<'_> {
             size: m.body.len() as u64,
             owner: m.owner,
             epoch: 1,
-            held: false,
+            held: m.held,
             client: m.client.clone(),
             helo: m.helo.clone(),
             smtputf8: m.smtputf8,

@@ -371,6 +371,7 @@ fn queue_entries_round_trip_and_queue_commands_apply() {
         helo: "h".into(),
         smtputf8: false,
         eight_bit: false,
+        held: false,
         body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
     };
     let ctx = ApplyContext {
@@ -452,6 +453,7 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
             helo: String::new(),
             smtputf8: false,
             eight_bit: false,
+            held: false,
             body: b"x\r\n".to_vec(),
         };
         let cmd = Command::QueueInsert {
@@ -522,6 +524,7 @@ fn a_bounce_notice_is_queued_once_and_only_for_a_counted_result() {
         helo: String::new(),
         smtputf8: false,
         eight_bit: false,
+        held: false,
         body: b"x\r\n".to_vec(),
     };
     let bounced = RecipientStatus::Bounced {

@@ -128,6 +128,10 @@ pub struct NewMessage {
     pub helo: String,
     pub smtputf8: bool,
     pub eight_bit: bool,
+    /// Queued on hold (a HOLD check or a milter's quarantine): kept, listed
+    /// by `queue list`, not delivered until `queue release`.
+    #[serde(default)]
+    pub held: bool,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }

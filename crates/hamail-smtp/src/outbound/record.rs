@@ -220,6 +220,7 @@ pub fn attempt_record(
             helo: hostname.to_string(),
             smtputf8: false,
             eight_bit: true,
+            held: false,
             body: dsn::build(entry, body, failures, hostname, now_ms / 1000),
         }));
         dsn_id = Some(id);

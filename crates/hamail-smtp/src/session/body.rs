@@ -6,6 +6,7 @@ use hamail_types::NewMessage;
 use tokio::time::Instant;
 
 use super::conn::Step;
+use super::content::{Disposition, Pending};
 use super::{Flow, Session, printable, unix_now};
 use crate::data::{DataEvent, DataReader, bare_line_ending};
 use crate::headers::{Trace, message_id, missing_headers, received_header};
@@ -207,26 +208,57 @@ impl<B: Backend> Session<B> {
         full.extend_from_slice(received.as_bytes());
         full.extend_from_slice(added.as_bytes());
         full.extend_from_slice(&body);
-        let eight_bit = txn.eight_bit || body.iter().any(|b| *b >= 0x80);
+        drop(body);
+        let mut pending = Pending {
+            message: full,
+            sender: txn.sender,
+            recipients,
+            hold: None,
+        };
+        match self.content_policy(&queue_id, &mut pending).await {
+            Disposition::Queue => {}
+            Disposition::Refuse(reply) => return Ok(self.error(&reply)),
+            Disposition::Discard(reason) => {
+                tracing::info!(target: "postfix/cleanup", "{queue_id}: discard: {reason}");
+                self.conn
+                    .reply(&format!("250 2.0.0 Ok: queued as {queue_id}"));
+                return Ok(Flow::Continue);
+            }
+        }
+        let Pending {
+            message: full,
+            sender: envelope_sender,
+            recipients,
+            hold,
+        } = pending;
+        if recipients.is_empty() {
+            return Ok(
+                self.error("550 5.1.0 Error: no recipients are left after the content policy")
+            );
+        }
+        if let Some(reason) = &hold {
+            tracing::info!(target: "postfix/cleanup", "{queue_id}: hold: {reason}");
+        }
+        let eight_bit = txn.eight_bit || full.iter().any(|b| *b >= 0x80);
         if let Some(mid) = message_id(&full) {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: message-id={mid}");
         }
         let size = full.len();
         let nrcpt = recipients.len();
-        let sender = txn
-            .sender
+        let sender = envelope_sender
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
         let message = NewMessage {
             queue_id: queue_id.clone(),
-            sender: txn.sender,
+            sender: envelope_sender,
             recipients,
             owner: self.backend.node_id(),
             client: self.client(),
             helo,
             smtputf8: txn.smtputf8,
             eight_bit,
+            held: hold.is_some(),
             body: full,
         };
         // Replies queued so far go out now; the client waits for this one.

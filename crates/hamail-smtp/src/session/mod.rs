@@ -10,6 +10,7 @@
 mod auth;
 mod body;
 mod conn;
+mod content;
 mod envelope;
 mod starttls;
 
