@@ -63,6 +63,19 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// A client config that takes any certificate but checks the handshake
+/// signatures: opportunistic TLS, and load generators (bench/) talking to a
+/// server with a self-signed certificate.
+pub fn any_certificate_config() -> Result<ClientConfig, SmtpError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SmtpError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth())
+}
+
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// (any certificate, verified) client configs. `ca_file` empty: the
@@ -70,12 +83,7 @@ const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// verify anything, which defers such mail rather than sending it).
 pub fn client_configs(ca_file: &str) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), SmtpError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let any = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SmtpError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
-        .with_no_client_auth();
+    let any = any_certificate_config()?;
     let mut roots = RootCertStore::empty();
     let path = if ca_file.is_empty() {
         SYSTEM_ROOTS
