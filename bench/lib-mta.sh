@@ -12,6 +12,7 @@
 #   hamail_transport   a transport for bench.example on the hamail side
 #                      (`hamail transport set`); empty: none
 #   hamail_extra_config  lines appended to every node's hamail.toml
+#   hamail_smtp_extra    lines added to every node's [smtp] section
 # then calls mta_prepare (packages, binary, work dir, cleanup trap).
 #
 # Addresses, the same for both scripts (never run two at once): Postfix on
@@ -43,6 +44,7 @@ hamail_cluster_timing="${hamail_cluster_timing-heartbeat_interval_ms = 50
 election_timeout_min_ms = 300
 election_timeout_max_ms = 600}"
 hamail_dns_port="${hamail_dns_port:-0}"
+hamail_smtp_extra="${hamail_smtp_extra:-}"
 hamail_advertise_port="${hamail_advertise_port:-}"
 run_postfix() { [ "$only" != hamail ]; }
 run_hamail() { [ "$only" != postfix ]; }
@@ -282,6 +284,7 @@ mynetworks = ["127.0.0.0/8"]
 tls = false
 submission_listen = []
 submissions_listen = []
+$hamail_smtp_extra
 
 [metrics]
 listen = "127.0.0.2$i:0"

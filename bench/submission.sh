@@ -19,9 +19,11 @@
 #   HAMAIL_BIN=PATH      a prebuilt hamail (default: the release build)
 #   SESSIONS=50 MSGS_PER_SESSION=20 SIZE=4096 ROUNDS=5 LOGINS=500
 #   HASH=ARGON2ID|SHA512-CRYPT   the stored scheme (default ARGON2ID)
-#   AUTH_CACHE_TTL=0     hamail's auth_cache_ttl_secs (Dovecot's auth cache
-#                        is off by default, so by default neither caches:
-#                        both verify the hash at every login)
+#   AUTH_CACHE_TTL=0     the auth cache's lifetime in seconds on BOTH sides:
+#                        hamail's auth_cache_ttl_secs and Dovecot's
+#                        auth_cache_ttl (with auth_cache_size = 10M); 0,
+#                        the default, is Dovecot's default (no cache), so
+#                        both verify the hash at every login
 #
 # The password hash: one `doveadm pw -s $HASH` string, the same in Dovecot's
 # passwd-file (tests/support/dovecot-auth.sh, AUTH_USERS_FILE) and in
@@ -149,7 +151,11 @@ bench_postfix() {
     local sock
     dovecot_started=1
     # Its output to a file, not a pipe: the daemon must not hold our stdout.
-    AUTH_USERS_FILE="$work/users" bash "$dovecot_auth" start "$work/dovecot" >"$work/dovecot.start" </dev/null
+    local cache=""
+    [ "$cache_ttl" = 0 ] || cache="auth_cache_size = 10M
+auth_cache_ttl = ${cache_ttl}s
+auth_cache_negative_ttl = 0"
+    AUTH_EXTRA_CONF="$cache" AUTH_USERS_FILE="$work/users" bash "$dovecot_auth" start "$work/dovecot" >"$work/dovecot.start" </dev/null
     sock="$(sed -n 's/^SOCKET //p' "$work/dovecot.start")"
     [ -S "$sock" ] || { echo "$bench: Dovecot's auth service gave no socket" >&2; exit 1; }
     echo "== Postfix $(postconf -dh mail_version) + Dovecot $(dovecot --version | awk '{ print $1 }') SASL, submission on $pf_sub"

@@ -33,6 +33,9 @@
 # holds one user, user@example.com with password "secret" stored as
 # {SHA512-CRYPT}. Any other user name fails authentication.
 #
+# AUTH_EXTRA_CONF: lines added to dovecot.conf as they are (bench/submission
+# turns Dovecot's auth cache on with auth_cache_size and auth_cache_ttl).
+#
 # Everything of the instance is under DIR: dovecot.conf, users, run/ (its
 # base_dir: sockets, master.pid), state/, dovecot.log, start.err (the
 # master's own stdout/stderr, so stdout of this script may be a pipe). Nothing under
@@ -125,7 +128,8 @@ service auth {
   unix_listener auth-client {
     mode = 0666
   }
-}"
+}
+${AUTH_EXTRA_CONF:-}"
     if [ "$series" = 2.4 ]; then
         cat > "$dir/dovecot.conf" <<EOT
 # Written by $me (Dovecot 2.4 syntax). Private test instance: nothing
