@@ -3,6 +3,7 @@
 //! the client the CLI uses, and the server `hamail serve` runs.
 
 mod client;
+mod limits;
 mod protocol;
 mod server;
 mod users;
@@ -10,8 +11,8 @@ mod users;
 pub use client::AdminClient;
 pub use protocol::{
     AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, QueuedMessage,
-    RecipientRow, SenderRow, StatusInfo, TokenResult, TransportRow, UserRow, WriteResult, ZoneRow,
-    ZoneText,
+    QuotaRow, RecipientRow, SenderRow, StatusInfo, TokenResult, TransportRow, UserRow, WriteResult,
+    ZoneRow, ZoneText,
 };
 pub use server::{AdminContext, SOCKET_NAME, serve};
 

@@ -182,6 +182,26 @@ pub enum AdminRequest {
         user: MailAddress,
     },
     SenderList,
+    /// A mailbox quota in bytes (the address must be a recipient of one
+    /// of our local domains).
+    QuotaSet {
+        address: MailAddress,
+        bytes: u64,
+    },
+    QuotaDel {
+        address: MailAddress,
+    },
+    QuotaList {
+        #[serde(default)]
+        domain: Option<DomainName>,
+    },
+    /// A domain's settings; `message_size_limit: None` goes back to the
+    /// global limit.
+    DomainSet {
+        domain: DomainName,
+        #[serde(default)]
+        message_size_limit: Option<u64>,
+    },
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -253,6 +273,17 @@ pub struct DomainRow {
     pub domain: String,
     pub kind: DomainKind,
     pub added_ms: u64,
+    /// The domain's own message size limit (`domain set`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_size_limit: Option<u64>,
+}
+
+/// `quota list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaRow {
+    pub address: String,
+    pub bytes: u64,
+    pub updated_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -448,17 +448,23 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
         AdminRequest::DomainDel { domain } => write(ctx, vec![Command::DomainDel { domain }]).await,
         AdminRequest::DomainList => {
             read(ctx, |s| {
-                Ok(s.domains()?
-                    .into_iter()
-                    .map(|(d, r)| DomainRow {
+                let mut rows = Vec::new();
+                for (d, r) in s.domains()? {
+                    rows.push(DomainRow {
+                        message_size_limit: s.domain_settings(&d)?.message_size_limit,
                         domain: d.to_string(),
                         kind: r.kind,
                         added_ms: r.added_ms,
-                    })
-                    .collect::<Vec<_>>())
+                    });
+                }
+                Ok(rows)
             })
             .await
         }
+        req @ (AdminRequest::QuotaSet { .. }
+        | AdminRequest::QuotaDel { .. }
+        | AdminRequest::QuotaList { .. }
+        | AdminRequest::DomainSet { .. }) => crate::limits::handle(ctx, req).await,
         AdminRequest::RecipientAdd { address, value } => {
             write(ctx, vec![Command::RecipientAdd { address, value }]).await
         }

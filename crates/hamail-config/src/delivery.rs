@@ -54,6 +54,20 @@ pub struct DeliverySection {
     pub lease_secs: u64,
     /// How often the leader looks for owners past their lease.
     pub lease_check_interval_secs: u64,
+    /// A Maildir delivery that would take a mailbox past its quota
+    /// (`hamail quota set`): "bounce" (5.2.2, Postfix's
+    /// `virtual_overquota_bounce = yes`) or "defer" (4.2.2, tried again
+    /// until the queue lifetime ends).
+    pub overquota: Overquota,
+}
+
+/// `[delivery] overquota`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overquota {
+    #[default]
+    Bounce,
+    Defer,
 }
 
 impl Default for DeliverySection {
@@ -77,6 +91,7 @@ impl Default for DeliverySection {
             bounce_queue_lifetime_secs: 5 * 86_400,
             lease_secs: 120,
             lease_check_interval_secs: 5,
+            overquota: Overquota::Bounce,
         }
     }
 }

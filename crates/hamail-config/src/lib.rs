@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::ClusterSection;
-pub use delivery::DeliverySection;
+pub use delivery::{DeliverySection, Overquota};
 pub use dns::DnsSection;
 pub use metrics::MetricsSection;
 pub use node::NodeSection;

@@ -168,6 +168,7 @@ impl<'a> Applier<'a> {
                     return Ok(Outcome::rejected(format!("no such recipient: {address}")));
                 }
                 self.delete(Table::Recipients, key);
+                self.forget_quota(address)?;
                 Ok(Outcome::applied(format!("recipient {address} deleted")))
             }
             Command::RecipientImport { entries } => self.recipient_import(entries, time_ms),
@@ -353,6 +354,12 @@ impl<'a> Applier<'a> {
             }
             Command::SenderAllow { sender, user } => self.sender_allow(sender, user, time_ms),
             Command::SenderDeny { sender, user } => self.sender_deny(sender, user),
+            Command::QuotaSet { address, bytes } => self.quota_set(address, *bytes, time_ms),
+            Command::QuotaDel { address } => self.quota_del(address),
+            Command::DomainSet {
+                domain,
+                message_size_limit,
+            } => self.domain_set(domain, *message_size_limit, time_ms),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),
@@ -637,6 +644,7 @@ impl<'a> Applier<'a> {
             )));
         }
         self.delete(Table::Domains, domain_key(domain));
+        self.forget_domain_settings(domain)?;
         Ok(Outcome::applied(format!("domain {domain} deleted")))
     }
 

@@ -5,6 +5,7 @@
 mod apply;
 mod codec;
 mod db;
+mod limits;
 mod queue;
 mod snapshot;
 mod tables;
@@ -13,6 +14,7 @@ mod users;
 pub use apply::{Applier, ApplyContext};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use db::Store;
+pub use limits::{DomainSettings, QuotaRecord};
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use tables::{
     AliasRecord, DomainRecord, NodeRecord, RecipientRecord, SenderLoginRecord, Table, TokenRecord,

@@ -29,10 +29,15 @@ pub enum Table {
     /// Who may send as whom (`sender allow`), keyed `sender \0 user`
     /// (both address keys): [`SenderLoginRecord`].
     SenderLogins,
+    /// Mailbox quotas, keyed by address: [`crate::QuotaRecord`].
+    Quotas,
+    /// Per-domain settings (`domain set`), keyed by domain:
+    /// [`crate::DomainSettings`].
+    DomainSettings,
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 14] = [
         Table::Domains,
         Table::Recipients,
         Table::Aliases,
@@ -45,6 +50,8 @@ impl Table {
         Table::Cluster,
         Table::Users,
         Table::SenderLogins,
+        Table::Quotas,
+        Table::DomainSettings,
     ];
 
     pub fn cf_name(self) -> &'static str {
@@ -61,6 +68,8 @@ impl Table {
             Table::Cluster => "cluster",
             Table::Users => "users",
             Table::SenderLogins => "sender_logins",
+            Table::Quotas => "quotas",
+            Table::DomainSettings => "domain_settings",
         }
     }
 
@@ -78,6 +87,8 @@ impl Table {
             Table::Cluster => 10,
             Table::Users => 11,
             Table::SenderLogins => 12,
+            Table::Quotas => 13,
+            Table::DomainSettings => 14,
         }
     }
 

@@ -72,7 +72,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 rdata: None,
             }
         }),
-        domain.prop_map(|zone| Command::ZoneDelete { zone }),
+        domain.clone().prop_map(|zone| Command::ZoneDelete { zone }),
         (addr.clone(), hash.clone()).prop_map(|(address, hash)| Command::UserAdd { address, hash }),
         (addr.clone(), hash.clone())
             .prop_map(|(address, hash)| Command::UserPasswd { address, hash }),
@@ -87,7 +87,17 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         (addr.clone(), addr.clone())
             .prop_map(|(sender, user)| Command::SenderAllow { sender, user }),
-        (addr.clone(), addr).prop_map(|(sender, user)| Command::SenderDeny { sender, user }),
+        (addr.clone(), addr.clone())
+            .prop_map(|(sender, user)| Command::SenderDeny { sender, user }),
+        (addr.clone(), 1u64..5000)
+            .prop_map(|(address, bytes)| Command::QuotaSet { address, bytes }),
+        addr.prop_map(|address| Command::QuotaDel { address }),
+        (domain, prop::option::of(1u64..5000)).prop_map(|(domain, message_size_limit)| {
+            Command::DomainSet {
+                domain,
+                message_size_limit,
+            }
+        }),
     ]
 }
 

@@ -239,6 +239,21 @@ pub enum Command {
         sender: MailAddress,
         user: MailAddress,
     },
+    /// A mailbox quota in bytes for a mailbox we host (a recipient of one
+    /// of our local domains); replaces the one it has.
+    QuotaSet {
+        address: MailAddress,
+        bytes: u64,
+    },
+    QuotaDel {
+        address: MailAddress,
+    },
+    /// Per-domain settings of one of our domains: the largest message its
+    /// recipients take (`None`: the global `message_size_limit`).
+    DomainSet {
+        domain: DomainName,
+        message_size_limit: Option<u64>,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -438,6 +453,19 @@ impl Command {
             {
                 bad("a CA fingerprint is 64 lower-case hex digits".into())
             }
+            Command::QuotaSet { address, bytes }
+                if *bytes == 0 || *bytes > crate::MAX_BYTE_SIZE =>
+            {
+                bad(format!(
+                    "the quota of {address} must be from 1 byte to 1 PiB"
+                ))
+            }
+            Command::DomainSet {
+                domain,
+                message_size_limit: Some(limit),
+            } if *limit == 0 || *limit > crate::MAX_BYTE_SIZE => bad(format!(
+                "the message size limit of {domain} must be from 1 byte to 1 PiB"
+            )),
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -486,7 +514,10 @@ impl Command {
             | Command::UserAdd { address, .. }
             | Command::UserPasswd { address, .. }
             | Command::UserDel { address }
-            | Command::UserRehash { address, .. } => Some(address.domain()),
+            | Command::UserRehash { address, .. }
+            | Command::QuotaSet { address, .. }
+            | Command::QuotaDel { address } => Some(address.domain()),
+            Command::DomainSet { domain, .. } => Some(domain),
             // A sender-allow entry links two addresses, maybe of two
             // domains; an import spans domains: cluster-wide, like tokens.
             Command::SenderAllow { .. }

@@ -7,6 +7,7 @@ pub mod command;
 mod domain;
 mod map;
 pub mod queue;
+mod size;
 mod tls_level;
 mod transport;
 pub mod user;
@@ -17,6 +18,7 @@ pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, O
 pub use domain::DomainName;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};
+pub use size::{MAX_BYTE_SIZE, format_byte_size, parse_byte_size};
 pub use tls_level::TlsLevel;
 pub use transport::{NextHop, TransportSpec};
 pub use user::{HashScheme, PasswordHash, UserRecord};
@@ -44,4 +46,6 @@ pub enum TypesError {
     PasswordHash { reason: String },
     #[error("invalid command: {0}")]
     Command(String),
+    #[error("invalid size {input:?}: {reason}")]
+    Size { input: String, reason: String },
 }

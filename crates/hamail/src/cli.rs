@@ -17,7 +17,9 @@ use hamail_types::{
 
 use crate::Verb;
 
+mod quota;
 mod users;
+pub use quota::QuotaVerb;
 pub use users::{SenderVerb, UserVerb};
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +37,14 @@ pub enum DomainVerb {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// Change a domain's settings.
+    Set {
+        domain: DomainName,
+        /// Largest message for the domain's recipients (20M, 10485760, ...),
+        /// at most the global [smtp] message_size_limit; `global` removes it.
+        #[arg(long, value_parser = quota::size_limit_arg, value_name = "SIZE")]
+        message_size_limit: quota::SizeLimit,
     },
 }
 
@@ -245,6 +255,13 @@ pub fn run(cfg: &Config, verb: Verb) -> anyhow::Result<()> {
         Verb::Zone(ZoneVerb::Export { file, .. }) => Some(file.clone()),
         _ => None,
     };
+    if let Verb::Domain(DomainVerb::Set {
+        domain,
+        message_size_limit,
+    }) = &verb
+    {
+        quota::check_domain_limit(cfg, domain, *message_size_limit)?;
+    }
     // Read input files before connecting: a bad file never reaches the node.
     let (req, json) = request(verb)?;
     let socket = cfg.node.data_dir.join(SOCKET_NAME);
@@ -277,6 +294,17 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
         }
         Verb::Domain(DomainVerb::Del { domain }) => (AdminRequest::DomainDel { domain }, false),
         Verb::Domain(DomainVerb::List { json }) => (AdminRequest::DomainList, json),
+        Verb::Domain(DomainVerb::Set {
+            domain,
+            message_size_limit,
+        }) => (
+            AdminRequest::DomainSet {
+                domain,
+                message_size_limit: message_size_limit.0,
+            },
+            false,
+        ),
+        Verb::Quota(v) => quota::quota_request(v),
         Verb::Recipient(RecipientVerb::Add { address, value }) => {
             (AdminRequest::RecipientAdd { address, value }, false)
         }
@@ -441,7 +469,15 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
             let rows: Vec<DomainRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);
             for r in rows {
-                println!("{:w$}  {}", r.domain, r.kind);
+                match r.message_size_limit {
+                    Some(n) => println!(
+                        "{:w$}  {:<8} message_size_limit {}",
+                        r.domain,
+                        r.kind,
+                        hamail_types::format_byte_size(n)
+                    ),
+                    None => println!("{:w$}  {}", r.domain, r.kind),
+                }
             }
         }
         AdminRequest::RecipientList { .. } => {
@@ -462,6 +498,7 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
         }
         AdminRequest::UserList { .. } => users::print_users(serde_json::from_value(result)?),
         AdminRequest::SenderList => users::print_senders(serde_json::from_value(result)?),
+        AdminRequest::QuotaList { .. } => quota::print_quotas(serde_json::from_value(result)?),
         AdminRequest::TransportList => {
             let rows: Vec<TransportRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);

@@ -68,6 +68,9 @@ enum Verb {
     /// Who may send as whom: `sender allow ADDRESS USER`.
     #[command(subcommand)]
     Sender(cli::SenderVerb),
+    /// Mailbox quotas for Maildir delivery: set, del, list.
+    #[command(subcommand)]
+    Quota(cli::QuotaVerb),
 }
 
 fn main() -> ExitCode {

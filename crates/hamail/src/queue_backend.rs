@@ -250,6 +250,13 @@ impl QueueStore for ClusterBackend {
             .map_err(read_error)
     }
 
+    fn mailbox_quota(&self, rcpt: &MailAddress) -> Result<Option<u64>, BackendError> {
+        self.store
+            .quota(rcpt)
+            .map(|q| q.map(|q| q.bytes))
+            .map_err(read_error)
+    }
+
     fn own_smtp_addrs(&self) -> Vec<SocketAddr> {
         let peers: Vec<SocketAddr> = self
             .store
@@ -352,6 +359,10 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
         maximal_queue_lifetime: Duration::from_secs(d.maximal_queue_lifetime_secs),
         bounce_queue_lifetime: Duration::from_secs(d.bounce_queue_lifetime_secs),
         resolver,
+        overquota: match d.overquota {
+            hamail_config::Overquota::Bounce => hamail_smtp::outbound::Overquota::Bounce,
+            hamail_config::Overquota::Defer => hamail_smtp::outbound::Overquota::Defer,
+        },
     })
 }
 

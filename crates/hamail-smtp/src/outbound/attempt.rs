@@ -11,8 +11,9 @@ use hamail_types::{MailAddress, QueueEntry, RecipientStatus, TlsLevel, Transport
 use tokio::sync::Semaphore;
 
 use super::client::{self, Envelope, Pool, RcptOutcome, ServerAddr};
+use super::maildir_quota::{self, MaildirDelivery};
 use super::queue_manager::due_recipients;
-use super::{DeliverySettings, QueueStore, maildir, now_ms, record, route, sasl};
+use super::{DeliverySettings, Overquota, QueueStore, now_ms, record, route, sasl};
 
 /// One attempt's result for one recipient, with where it went.
 pub(super) struct Tried {
@@ -145,7 +146,7 @@ async fn deliver_group<Q: QueueStore>(
     for spec in specs {
         match spec {
             TransportSpec::Maildir { path } => {
-                return deliver_maildir(s, entry, body, &PathBuf::from(path), rcpts).await;
+                return deliver_maildir(store, s, entry, body, &PathBuf::from(path), rcpts).await;
             }
             TransportSpec::LmtpUnix { path } => {
                 // A local socket: no TLS (no name to verify, nothing on
@@ -276,7 +277,8 @@ fn tls_level(
         .unwrap_or(s.client.tls)
 }
 
-async fn deliver_maildir(
+async fn deliver_maildir<Q: QueueStore>(
+    store: &Q,
     s: &DeliverySettings,
     entry: &QueueEntry,
     body: &[u8],
@@ -285,6 +287,17 @@ async fn deliver_maildir(
 ) -> Vec<Tried> {
     let mut out = Vec::new();
     for rcpt in rcpts {
+        let quota = match store.mailbox_quota(rcpt) {
+            Ok(q) => q,
+            Err(e) => {
+                out.push(Tried {
+                    rcpt: rcpt.clone(),
+                    outcome: RcptOutcome::Temporary(format!("quota lookup failed: {e}")),
+                    relay: "maildir".into(),
+                });
+                continue;
+            }
+        };
         let (base, rcpt2, id, host, body) = (
             base.to_path_buf(),
             rcpt.clone(),
@@ -292,11 +305,23 @@ async fn deliver_maildir(
             s.hostname.clone(),
             body.to_vec(),
         );
-        let r =
-            tokio::task::spawn_blocking(move || maildir::deliver(&base, &rcpt2, &id, &host, &body))
-                .await;
+        let r = tokio::task::spawn_blocking(move || {
+            maildir_quota::deliver_within_quota(&base, &rcpt2, quota, &id, &host, &body)
+        })
+        .await;
         let outcome = match r {
-            Ok(Ok(path)) => RcptOutcome::Sent(format!("delivered to maildir {}", path.display())),
+            Ok(Ok(MaildirDelivery::Delivered(path))) => {
+                RcptOutcome::Sent(format!("delivered to maildir {}", path.display()))
+            }
+            Ok(Ok(MaildirDelivery::OverQuota { usage, size, quota })) => {
+                let bounce = s.overquota == Overquota::Bounce;
+                let reason = maildir_quota::over_quota_reason(bounce, usage, size, quota);
+                if bounce {
+                    RcptOutcome::Permanent(reason)
+                } else {
+                    RcptOutcome::Temporary(reason)
+                }
+            }
             Ok(Err(e)) => RcptOutcome::Temporary(format!("maildir delivery failed: {e}")),
             Err(e) => RcptOutcome::Temporary(format!("maildir delivery failed: {e}")),
         };

@@ -18,6 +18,7 @@ mod connection;
 pub mod dsn;
 pub mod lease;
 pub mod maildir;
+pub mod maildir_quota;
 mod queue_manager;
 mod record;
 pub mod route;
@@ -56,6 +57,14 @@ pub trait QueueStore: Send + Sync + 'static {
         &self,
         d: &DomainName,
     ) -> Result<Option<(TransportSpec, Vec<TransportSpec>)>, BackendError>;
+    /// A mailbox's quota in bytes (`hamail quota set`), for Maildir
+    /// delivery; `None`: no quota.
+    fn mailbox_quota(
+        &self,
+        _rcpt: &hamail_types::MailAddress,
+    ) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
     /// The lease for this message still holds: this node reaches a
     /// majority and its copy still names it the owner at `epoch`. Asked
     /// again just before the final dot, so a former owner cut off while it
@@ -89,6 +98,20 @@ pub struct DeliverySettings {
     pub maximal_queue_lifetime: Duration,
     pub bounce_queue_lifetime: Duration,
     pub resolver: TokioResolver,
+    /// A Maildir delivery past the mailbox's quota: bounced (5.2.2) or
+    /// deferred (4.2.2).
+    pub overquota: Overquota,
+}
+
+/// What becomes of a Maildir delivery past the quota (Postfix's
+/// `virtual_overquota_bounce`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overquota {
+    /// Bounced with 5.2.2 (`virtual_overquota_bounce = yes`).
+    #[default]
+    Bounce,
+    /// Deferred with 4.2.2, tried again until the queue lifetime ends.
+    Defer,
 }
 
 fn now_ms() -> u64 {

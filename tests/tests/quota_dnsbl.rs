@@ -1,0 +1,232 @@
+//! Mailbox quotas, per-domain message size limits and DNSBLs, the way an
+//! operator of scenario 4 meets them: `hamail quota set` and a Maildir
+//! delivery past it bounced with 5.2.2 (the DSN in the sender's mailbox)
+//! or deferred with 4.2.2; `domain set --message-size-limit` refusing at
+//! RCPT (SIZE=) and at the end of DATA; a client listed in a DNSBL zone
+//! served by hamail's own DNS refused with Postfix's text.
+
+use std::path::Path;
+use std::process::Command;
+
+use hamail_tests::{Node, form_cluster, stderr, wait_for};
+
+/// Cluster RPC ports of this file's one-node clusters (DNS +1000, SMTP
+/// +2000, submission +3000 and +4000).
+const PORT_BOUNCE: u16 = 18560;
+const PORT_DEFER: u16 = 18562;
+
+fn swaks(args: &[&str]) -> std::process::Output {
+    Command::new("swaks")
+        .args(["--timeout", "60"])
+        .args(args)
+        .output()
+        .expect("swaks runs")
+}
+
+/// Messages in a Maildir's new/ directory.
+fn maildir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("new"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A recipient's status in the queue (`deferred`, ...) with its reason.
+fn status(node: &Node, id: &str) -> Option<String> {
+    let q = node.queue();
+    let e = q.iter().find(|e| e["queue_id"] == id)?;
+    Some(e["recipients"][0]["status"].to_string())
+}
+
+/// One node with two local domains delivered to Maildirs under `mail`:
+/// example.jp (box, full) and client.example (sender, who gets the DSNs).
+fn mail_node(dir: &Path, port: u16, overquota: &str) -> (Node, std::path::PathBuf) {
+    let extra = format!(
+        "\n[delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\n\
+         maximal_backoff_time_secs = 2\noverquota = \"{overquota}\"\n"
+    );
+    let mut nodes = form_cluster(dir, port, 1, &extra);
+    let node = nodes.remove(0);
+    let mail = dir.join("mail");
+    for domain in ["example.jp", "client.example"] {
+        node.ok(&["domain", "add", domain, "--kind", "local"]);
+        node.ok(&[
+            "transport",
+            "set",
+            domain,
+            &format!("maildir:{}", mail.display()),
+        ]);
+    }
+    for r in ["box@example.jp", "full@example.jp", "sender@client.example"] {
+        node.ok(&["recipient", "add", r]);
+    }
+    (node, mail)
+}
+
+fn send(smtp: &str, to: &str, subject: &str) -> String {
+    let out = swaks(&[
+        "--server",
+        smtp,
+        "--from",
+        "sender@client.example",
+        "--to",
+        to,
+        "--header",
+        &format!("Subject: {subject}"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    text.split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no queue id in {text}"))
+        .to_string()
+}
+
+#[test]
+fn a_delivery_past_the_quota_bounces_with_5_2_2_and_unhosted_quotas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mail) = mail_node(dir.path(), PORT_BOUNCE, "bounce");
+    let smtp = Node::smtp_addr(1, PORT_BOUNCE);
+
+    // Quotas only for mailboxes we host; a refusal changes nothing.
+    node.ok(&["quota", "set", "box@example.jp", "1M"]);
+    node.ok(&["quota", "set", "full@example.jp", "1K"]);
+    for (address, why) in [
+        ("nobody@example.jp", "no such recipient"),
+        ("someone@elsewhere.example", "not one of our domains"),
+    ] {
+        let out = node.cli(&["quota", "set", address, "1M"]);
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(e.contains("is not hosted here") && e.contains(why), "{e}");
+    }
+    let out = node.cli(&["quota", "set", "box@example.jp", "10X"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));
+    let list = node.json(&["quota", "list", "--json"]);
+    let rows: Vec<(String, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap().to_string(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("box@example.jp".to_string(), 1 << 20),
+            ("full@example.jp".to_string(), 1024)
+        ]
+    );
+    assert!(node.ok(&["quota", "list"]).contains("full@example.jp"));
+
+    // full@ has a Maildir++ maildirsize saying 1000 bytes are used.
+    let full = mail.join("example.jp/full");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(full.join(sub)).unwrap();
+    }
+    std::fs::write(full.join("maildirsize"), "1024S\n1000 1\n").unwrap();
+
+    let ok_id = send(&smtp, "box@example.jp", "fits");
+    let over_id = send(&smtp, "full@example.jp", "too-big");
+    wait_for("the queue to empty", || {
+        node.queue().is_empty().then_some(())
+    });
+
+    let boxed = maildir(&mail.join("example.jp/box"));
+    assert_eq!(boxed.len(), 1, "{boxed:?}");
+    assert!(boxed[0].contains("Subject: fits"));
+    assert!(
+        !mail.join("example.jp/box/maildirsize").exists(),
+        "no maildirsize is made where there was none"
+    );
+    assert!(maildir(&full).is_empty(), "nothing written past the quota");
+    assert_eq!(
+        std::fs::read_to_string(full.join("maildirsize")).unwrap(),
+        "1024S\n1000 1\n"
+    );
+    let dsns = maildir(&mail.join("client.example/sender"));
+    assert_eq!(
+        dsns.len(),
+        1,
+        "one DSN, for the over-quota message: {dsns:#?}"
+    );
+    let dsn = &dsns[0];
+    assert!(
+        dsn.contains(&format!("X-Hamail-Queue-ID: {over_id}")),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; full@example.jp"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.2.2"), "{dsn}");
+    assert!(
+        dsn.contains("Sorry, the user's maildir has overdrawn his diskspace quota"),
+        "{dsn}"
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains(&format!("{over_id}: to=<full@example.jp>, relay=maildir"))
+            && log.contains("dsn=5.2.2, status=bounced"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{ok_id}: to=<box@example.jp>")),
+        "{log}"
+    );
+
+    // Room again (the quota raised): the next message goes in, and the
+    // maildirsize gets its line.
+    node.ok(&["quota", "set", "full@example.jp", "100K"]);
+    send(&smtp, "full@example.jp", "fits-now");
+    wait_for("the queue to empty", || {
+        node.queue().is_empty().then_some(())
+    });
+    assert_eq!(maildir(&full).len(), 1);
+    let sizes = std::fs::read_to_string(full.join("maildirsize")).unwrap();
+    assert!(
+        sizes.starts_with("1024S\n1000 1\n") && sizes.lines().count() == 3,
+        "{sizes}"
+    );
+    // Deleting the recipient deletes its quota.
+    node.ok(&["quota", "del", "box@example.jp"]);
+    node.ok(&["recipient", "del", "full@example.jp"]);
+    assert_eq!(
+        node.json(&["quota", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn in_defer_mode_a_delivery_past_the_quota_stays_queued_with_4_2_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mail) = mail_node(dir.path(), PORT_DEFER, "defer");
+    let smtp = Node::smtp_addr(1, PORT_DEFER);
+    node.ok(&["quota", "set", "full@example.jp", "100"]);
+    let id = send(&smtp, "full@example.jp", "waits");
+    let why = wait_for("a deferral", || {
+        status(&node, &id).filter(|s| s.contains("deferred") && s.contains("4.2.2"))
+    });
+    assert!(why.contains("overdrawn his diskspace quota"), "{why}");
+    assert!(maildir(&mail.join("example.jp/full")).is_empty());
+    assert!(
+        maildir(&mail.join("client.example/sender")).is_empty(),
+        "no bounce"
+    );
+    // The mailbox gets room: the next try delivers it.
+    node.ok(&["quota", "set", "full@example.jp", "1M"]);
+    node.ok(&["queue", "flush"]);
+    wait_for("the queue to empty", || {
+        node.queue().is_empty().then_some(())
+    });
+    assert_eq!(maildir(&mail.join("example.jp/full")).len(), 1);
+}
