@@ -77,6 +77,28 @@ pub struct SmtpSection {
     pub auth_cache_ttl_secs: u64,
     /// Password checks run at once, off the async runtime. 0: one per core.
     pub auth_workers: usize,
+    /// After-queue content filter (Postfix's `content_filter`, e.g. amavis):
+    /// `smtp:[127.0.0.1]:10024` or `lmtp:[127.0.0.1]:10024`. Every message
+    /// taken on `listen`, `submission_listen` or `submissions_listen` is
+    /// delivered there instead of to its recipients; the filter hands it
+    /// back on `[smtp.reinject] listen`. Empty: no filter.
+    pub content_filter: String,
+    /// `[smtp.reinject]`: the listener a content filter re-injects into.
+    pub reinject: ReinjectSection,
+}
+
+/// `[smtp.reinject]`: Postfix's `127.0.0.1:10025 inet ... smtpd -o
+/// content_filter= -o smtpd_client_restrictions=permit_mynetworks,reject
+/// -o receive_override_options=no_header_body_checks,no_milters`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReinjectSection {
+    /// Where the content filter hands mail back, e.g. `127.0.0.1:10025`:
+    /// mail only from `mynetworks` (554 5.7.1 for anyone else), no recipient
+    /// checks, no header/body checks or milters, no content filter. Unset:
+    /// no such listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[smtp] sasl_backend`.
@@ -119,11 +141,28 @@ impl Default for SmtpSection {
             smtpd_sasl_authenticated_header: false,
             auth_cache_ttl_secs: 60,
             auth_workers: 0,
+            content_filter: String::new(),
+            reinject: ReinjectSection::default(),
         }
     }
 }
 
 impl SmtpSection {
+    /// `content_filter` as a transport: `None` when empty (validated at
+    /// load, so a loaded config never gives a bad one).
+    pub fn content_filter(&self) -> Option<hamail_types::TransportSpec> {
+        parse_content_filter(&self.content_filter).ok().flatten()
+    }
+
+            ),
+        ] {
+            if v == 0 || v > 3600 {
+                return Err(Invalid::new(key, format!("{v} must be from 1 to 3600")));
+            }
+        }
+        Ok(())
+    }
+
     /// `mynetworks` as networks (validated at load, so this cannot fail on a
     /// loaded config).
     pub fn networks(&self) -> Vec<ipnet::IpNet> {
@@ -131,6 +170,25 @@ impl SmtpSection {
             .iter()
             .filter_map(|n| parse_network(n).ok())
             .collect()
+    }
+}
+
+/// `smtp:[host]:port` or `lmtp:[host]:port`, as Postfix's `content_filter`
+/// names a filter: an explicit host (no MX lookup) and port.
+fn parse_content_filter(s: &str) -> Result<Option<hamail_types::TransportSpec>, String> {
+    use hamail_types::TransportSpec;
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let shape = "expected smtp:[host]:port or lmtp:[host]:port, e.g. smtp:[127.0.0.1]:10024";
+    let spec = TransportSpec::parse(s).map_err(|e| format!("{e}; {shape}"))?;
+    let explicit = s
+        .split_once(':')
+        .is_some_and(|(_, rest)| rest.starts_with('[') && rest.contains("]:"));
+    match spec {
+        TransportSpec::Smtp { .. } | TransportSpec::Lmtp { .. } if explicit => Ok(Some(spec)),
+        _ => Err(format!("{s:?}: {shape}")),
     }
 }
 
@@ -161,10 +219,12 @@ impl SmtpSection {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        let reinject: Vec<SocketAddr> = m.reinject.listen.into_iter().collect();
         for (key, list) in [
             ("smtp.listen", &m.listen),
             ("smtp.submission_listen", &m.submission_listen),
             ("smtp.submissions_listen", &m.submissions_listen),
+            ("smtp.reinject.listen", &reinject),
         ] {
             // Port 0 asks the kernel for a fresh port each time: never a clash.
             for a in list.iter().filter(|a| a.port() != 0) {
@@ -176,6 +236,7 @@ impl SmtpSection {
                 }
             }
         }
+        m.validate_content_filter()?;
         if m.sasl_backend == SaslBackend::Dovecot && m.dovecot_auth_socket.is_empty() {
             return Err(Invalid::new(
                 "smtp.dovecot_auth_socket",
@@ -238,7 +299,6 @@ impl SmtpSection {
                 format!("{} is above 10000", m.smtpd_recipient_limit),
             ));
         }
-        if m.smtpd_timeout_secs == 0
             || m.smtpd_data_time_limit_secs == 0
             || m.smtpd_hard_error_limit == 0
         {
@@ -247,6 +307,7 @@ impl SmtpSection {
                 "smtpd_timeout_secs, smtpd_data_time_limit_secs and smtpd_hard_error_limit must be above 0".into(),
             ));
         }
+        m.validate_milters()?;
         if m.smtpd_tls_cert_file.is_empty() != m.smtpd_tls_key_file.is_empty() {
             return Err(Invalid::new(
                 "smtp.smtpd_tls_cert_file",
@@ -257,9 +318,115 @@ impl SmtpSection {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::Config;
+impl SmtpSection {
+    /// `content_filter` parses, and does not point at one of our own
+    /// listeners: the MX ones would loop the message through the filter
+    /// stage for ever, the reinject one would skip the filter.
+    fn validate_content_filter(&self) -> Result<(), Invalid> {
+        let key = "smtp.content_filter";
+        let spec = parse_content_filter(&self.content_filter).map_err(|e| Invalid::new(key, e))?;
+        let Some(spec) = spec else {
+            return Ok(());
+        };
+        let (host, port) = match &spec {
+            hamail_types::TransportSpec::Smtp {
+                host,
+                port: Some(port),
+                ..
+            } => (host, *port),
+            hamail_types::TransportSpec::Lmtp { host, port } => (host, *port),
+            _ => return Ok(()),
+        };
+        let hamail_types::NextHop::Ip(ip) = host else {
+            return Ok(());
+        };
+        let target = SocketAddr::new(*ip, port);
+        let hits = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .any(|a| a.port() == port && (a.ip() == target.ip() || a.ip().is_unspecified()))
+        };
+        if hits(&self.listen) || hits(&self.submission_listen) || hits(&self.submissions_listen) {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "{target} is one of this node's own SMTP listeners: mail would loop through the filter stage; point it at the filter (e.g. amavis on 127.0.0.1:10024)"
+                ),
+            ));
+        }
+        if self.reinject.listen.is_some_and(|r| hits(&[r])) {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "{target} is smtp.reinject.listen: mail would skip the filter; point content_filter at the filter, which re-injects on {target}"
+                ),
+            ));
+        );
+        let msg = err("[smtp]\nmilters = [\"unix:milter.sock\"]\n");
+        assert!(msg.contains("absolute"), "{msg}");
+        let msg = err("[smtp]\nmilter_default_action = \"bounce\"\n");
+        assert!(msg.contains("bounce"), "{msg}");
+        let msg = err("[smtp]\nmilter_content_timeout_secs = 0\n");
+        assert!(msg.contains("smtp.milter_content_timeout_secs"), "{msg}");
+    }
+
+    #[test]
+    fn a_content_filter_is_smtp_or_lmtp_to_an_explicit_host_and_port() {
+        let err = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
+        let cfg = Config::parse(
+            "[smtp]\ncontent_filter = \"smtp:[127.0.0.1]:10024\"\n[smtp.reinject]\nlisten = \"127.0.0.1:10025\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.smtp.content_filter().unwrap().to_string(),
+            "smtp:[127.0.0.1]:10024"
+        );
+        assert_eq!(
+            cfg.smtp.reinject.listen,
+            Some("127.0.0.1:10025".parse().unwrap())
+        );
+        let cfg = Config::parse(
+            "[smtp]\ncontent_filter = \"lmtp:[localhost]:10024\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.smtp.content_filter().unwrap().to_string(),
+            "lmtp:localhost:10024"
+        );
+        assert_eq!(Config::default().smtp.content_filter(), None);
+        assert_eq!(Config::default().smtp.reinject.listen, None);
+        for bad in [
+            "amavis:[127.0.0.1]:10024",
+            "smtp:127.0.0.1:10024",
+            "smtp:[127.0.0.1]",
+            "smtp:filter.example",
+            "lmtp:unix:/run/amavis.sock",
+            "maildir:/var/mail",
+            "smtp:[127.0.0.1]:0",
+            "127.0.0.1:10024",
+        ] {
+            let msg = err(&format!("[smtp]\ncontent_filter = {bad:?}\n"));
+            assert!(
+                msg.contains("smtp.content_filter") && msg.contains("smtp:[host]:port"),
+                "{bad}: {msg}"
+            );
+        }
+        let msg = err("[smtp]\ncontent_filter = \"smtp:[127.0.0.1]:2525\"\n");
+        assert!(msg.contains("loop"), "{msg}");
+        let msg = err(
+            "[smtp]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\n[smtp.reinject]\nlisten = \"127.0.0.1:10025\"\n",
+        );
+        assert!(msg.contains("skip the filter"), "{msg}");
+        let msg = err("[smtp.reinject]\nlisten = \"127.0.0.1:2525\"\n");
+        assert!(
+            msg.contains("smtp.reinject.listen") && msg.contains("twice"),
+            "{msg}"
+        );
+        let msg = err("[smtp.reinject]\nlisten = \"127.0.0.1:10025\"\ncolour = 1\n");
+        assert!(msg.contains("colour"), "{msg}");
+    }
 
     #[test]
     fn submission_needs_tls_distinct_listeners_and_a_dovecot_socket() {

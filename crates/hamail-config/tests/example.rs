@@ -27,7 +27,12 @@ fn example_config_names_every_key() {
             text.contains(&format!("[{section}]")),
             "section [{section}] missing"
         );
-        for key in keys.as_table().unwrap().keys() {
+        for (key, value) in keys.as_table().unwrap() {
+            // A sub-table ([smtp.reinject]) may be documented as a table
+            // of its own.
+            if value.is_table() && text.contains(&format!("[{section}.{key}]")) {
+                continue;
+            }
             assert!(
                 text.lines()
                     .any(|l| l.trim_start().starts_with(&format!("{key} ="))),

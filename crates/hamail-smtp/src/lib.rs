@@ -109,6 +109,11 @@ pub enum Role {
     /// Submission over implicit TLS (465, RFC 8314): TLS from the first
     /// byte, then the rules of `Submission`.
     Submissions,
+    /// Where an after-queue content filter hands mail back (Postfix's
+    /// `127.0.0.1:10025 ... smtpd -o content_filter=`): mynetworks only,
+    /// no recipient checks, no content stages, no content filter
+    /// (session/reinject.rs).
+    Reinject,
 }
 
 impl Role {
@@ -123,6 +128,7 @@ impl Role {
             Role::Mx => "smtp",
             Role::Submission => "submission",
             Role::Submissions => "submissions",
+            Role::Reinject => "reinject",
         }
     }
 }
@@ -152,6 +158,10 @@ pub struct Settings {
     pub role: Role,
     /// SMTP AUTH: offered when set (always on submission listeners).
     pub auth: Option<std::sync::Arc<AuthService>>,
+    /// `content_filter`: where messages taken on this listener are
+    /// delivered instead of to their recipients (marked on the queue entry
+    /// at accept time). Never set on a `Role::Reinject` listener.
+    pub content_filter: Option<hamail_types::TransportSpec>,
 }
 
 impl Settings {
@@ -174,6 +184,7 @@ impl Settings {
             tls: None,
             role: Role::Mx,
             auth: None,
+            content_filter: None,
         }
     }
 }

@@ -182,6 +182,7 @@ impl Model {
                 owner: m.owner,
                 epoch: 1,
                 held: m.held,
+                content_filter: m.content_filter.clone(),
                 client: m.client.clone(),
                 helo: m.helo.clone(),
                 smtputf8: m.smtputf8,
@@ -475,6 +476,7 @@ impl Sim {
             smtputf8: false,
             eight_bit: false,
             held: false,
+            content_filter: None,
             body: format!("Subject: {id}\r\n\r\nbody\r\n").into_bytes(),
         };
         self.propose(

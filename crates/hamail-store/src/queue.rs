@@ -35,6 +35,7 @@ impl Applier<'_> {
             owner: m.owner,
             epoch: 1,
             held: m.held,
+            content_filter: m.content_filter.clone(),
             client: m.client.clone(),
             helo: m.helo.clone(),
             smtputf8: m.smtputf8,

@@ -382,6 +382,7 @@ fn queue_entries_round_trip_and_queue_commands_apply() {
         smtputf8: false,
         eight_bit: false,
         held: false,
+        content_filter: None,
         body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
     };
     let ctx = ApplyContext {
@@ -464,6 +465,7 @@ fn delivery_results_are_fenced_by_the_lease_epoch() {
             smtputf8: false,
             eight_bit: false,
             held: false,
+            content_filter: None,
             body: b"x\r\n".to_vec(),
         };
         let cmd = Command::QueueInsert {
@@ -535,6 +537,7 @@ fn a_bounce_notice_is_queued_once_and_only_for_a_counted_result() {
         smtputf8: false,
         eight_bit: false,
         held: false,
+        content_filter: None,
         body: b"x\r\n".to_vec(),
     };
     let bounced = RecipientStatus::Bounced {

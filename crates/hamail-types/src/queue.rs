@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MailAddress, NodeId, TypesError};
+use crate::{MailAddress, NodeId, TransportSpec, TypesError};
 
 /// A queue id in Postfix's style: upper-case hex. Made of the accepting
 /// node's clock (µs, kept strictly increasing per process) and its node id,
@@ -132,6 +132,12 @@ pub struct NewMessage {
     /// by `queue list`, not delivered until `queue release`.
     #[serde(default)]
     pub held: bool,
+    /// The after-queue content filter this message goes to instead of its
+    /// recipients' destinations (`[smtp] content_filter` of the listener
+    /// that took it, decided at accept time so that every node delivers it
+    /// the same way); `None` once re-injected, and for bounce notices.
+    #[serde(default)]
+    pub content_filter: Option<TransportSpec>,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
@@ -238,6 +244,10 @@ pub struct QueueEntry {
     pub epoch: u64,
     /// On hold (`queue hold`): not delivered until released.
     pub held: bool,
+    /// Delivered to this content filter, all recipients in one transaction,
+    /// rather than to their own destinations (see `NewMessage`).
+    #[serde(default)]
+    pub content_filter: Option<TransportSpec>,
     pub client: String,
     pub helo: String,
     pub smtputf8: bool,

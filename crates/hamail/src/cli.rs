@@ -583,6 +583,9 @@ fn print_postcat(m: QueuedMessage) {
     if e.held {
         println!("held: yes");
     }
+    if let Some(filter) = &e.content_filter {
+        println!("content_filter: {filter}");
+    }
     println!("client: {} helo={}", e.client, e.helo);
     println!("sender: {}", e.sender_str());
     for r in &e.recipients {

@@ -503,6 +503,7 @@ pub struct Listeners(Vec<(Role, tokio::net::TcpListener)>);
 /// before the store is opened, so a busy port changes nothing.
 pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
     let mut out = Vec::new();
+    let reinject: Vec<SocketAddr> = cfg.smtp.reinject.listen.into_iter().collect();
     for (role, key, addrs) in [
         (Role::Mx, "smtp.listen", &cfg.smtp.listen),
         (
@@ -515,6 +516,7 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
             "smtp.submissions_listen",
             &cfg.smtp.submissions_listen,
         ),
+        (Role::Reinject, "smtp.reinject.listen", &reinject),
     ] {
         for addr in addrs {
             let l = tokio::net::TcpListener::bind(addr)
@@ -560,8 +562,15 @@ pub fn smtpds(
         s.role = role;
         s.auth = match role {
             Role::Mx if !cfg.smtp.smtpd_sasl_auth_enable => None,
+            Role::Reinject => None,
             _ => auth.clone(),
         };
+        // The filter's way back: plain SMTP from mynetworks, and no filter.
+        if role == Role::Reinject {
+            s.tls = None;
+        } else {
+            s.content_filter = cfg.smtp.content_filter();
+        }
         Arc::new(s)
     };
     let servers = listeners

@@ -66,6 +66,16 @@ pub(super) async fn deliver_message<Q: QueueStore>(
     let mut groups: BTreeMap<String, (Vec<TransportSpec>, Vec<MailAddress>)> = BTreeMap::new();
     let mut tried: Vec<Tried> = Vec::new();
     for (rcpt, _) in &due {
+        // A message marked for the content filter goes there whole, in one
+        // transaction, whatever its recipients' routes (never around it).
+        if let Some(filter) = &entry.content_filter {
+            groups
+                .entry(format!("content_filter {filter}"))
+                .or_insert_with(|| (vec![filter.clone()], Vec::new()))
+                .1
+                .push(rcpt.clone());
+            continue;
+        }
         let domain = rcpt.domain();
         let kind = store.domain_kind(domain).unwrap_or(None);
         let transport = match store.transport(domain) {
@@ -187,8 +197,13 @@ async fn deliver_group<Q: QueueStore>(
                     let mut opts = s.client.clone();
                     opts.lmtp = lmtp;
                     opts.helo_name = s.hostname.clone();
-                    opts.tls = tls_level(s, spec, &c, rcpts);
-                    opts.sasl = sasl::sasl_for(s, spec, &c);
+                    if entry.content_filter.is_some() {
+                        opts.tls = filter_tls_level(s, spec);
+                        opts.sasl = None;
+                    } else {
+                        opts.tls = tls_level(s, spec, &c, rcpts);
+                        opts.sasl = sasl::sasl_for(s, spec, &c);
+                    }
                     let mut r = client::deliver(c.addr, &c.host, &opts, &env, pool, &lease).await;
                     if let Err(e) = &r
                         && e.retry_plain
@@ -275,6 +290,16 @@ fn tls_level(
     keys.iter()
         .find_map(|k| s.tls_policy.get(k).copied())
         .unwrap_or(s.client.tls)
+}
+
+/// A content filter listens next to us (amavis on localhost): no TLS
+/// unless `smtp_tls_policy` names its `[host]:port`, whatever the default
+/// level for the Internet.
+fn filter_tls_level(s: &DeliverySettings, spec: &TransportSpec) -> TlsLevel {
+    s.tls_policy
+        .get(&destination(spec))
+        .copied()
+        .unwrap_or(TlsLevel::None)
 }
 
 async fn deliver_maildir<Q: QueueStore>(

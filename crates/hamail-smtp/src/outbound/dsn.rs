@@ -149,6 +149,7 @@ mod tests {
             owner: 1,
             epoch: 1,
             held: false,
+            content_filter: None,
             client: String::new(),
             helo: String::new(),
             smtputf8: false,

@@ -221,6 +221,7 @@ pub fn attempt_record(
             smtputf8: false,
             eight_bit: true,
             held: false,
+            content_filter: None,
             body: dsn::build(entry, body, failures, hostname, now_ms / 1000),
         }));
         dsn_id = Some(id);

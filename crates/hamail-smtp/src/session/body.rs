@@ -240,6 +240,7 @@ impl<B: Backend> Session<B> {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: hold: {reason}");
         }
         let eight_bit = txn.eight_bit || full.iter().any(|b| *b >= 0x80);
+        self.log_original_queue_id(&queue_id, &full);
         if let Some(mid) = message_id(&full) {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: message-id={mid}");
         }
@@ -259,6 +260,7 @@ impl<B: Backend> Session<B> {
             smtputf8: txn.smtputf8,
             eight_bit,
             held: hold.is_some(),
+            content_filter: self.settings.content_filter.clone(),
             body: full,
         };
         // Replies queued so far go out now; the client waits for this one.

@@ -8,7 +8,7 @@ use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8};
 
 use super::{Flow, Session, Txn, printable};
 use crate::Backend;
-use crate::policy::{Verdict, check_recipient};
+use crate::policy::Verdict;
 
 impl<B: Backend> Session<B> {
     pub(super) fn hello(&mut self, host: Cow<'_, str>, esmtp: bool) {
@@ -187,9 +187,12 @@ impl<B: Backend> Session<B> {
                 return reject(self, text);
             }
         };
+        if let Some(text) = self.reinject_refusal() {
+            return reject(self, text);
+        }
         // An authenticated user may send anywhere (permit_sasl_authenticated).
         let may_relay = self.trusted || self.authenticated.is_some();
-        match check_recipient(self.backend.as_ref(), &rcpt, may_relay) {
+        match self.recipient_verdict(&rcpt, may_relay) {
             Verdict::Accept => {}
             Verdict::Unknown { table } => {
                 return reject(

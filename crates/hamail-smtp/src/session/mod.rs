@@ -12,6 +12,7 @@ mod body;
 mod conn;
 mod content;
 mod envelope;
+mod reinject;
 mod starttls;
 
 use std::net::SocketAddr;
