@@ -2,12 +2,14 @@
 //! (`<data_dir>/admin.sock`, mode 0600, one JSON object per line each way),
 //! the client the CLI uses, and the server `hamail serve` runs.
 
+mod checks;
 mod client;
 mod limits;
 mod protocol;
 mod server;
 mod users;
 
+pub use checks::{ChecksRuleRow, ChecksTableView, ChecksTestResult};
 pub use client::AdminClient;
 pub use protocol::{
     AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, QueuedMessage,

@@ -202,6 +202,27 @@ pub enum AdminRequest {
         #[serde(default)]
         message_size_limit: Option<u64>,
     },
+    /// Replaces the header_checks or body_checks table with a Postfix
+    /// regexp table's text: all of it, or nothing if a line is bad.
+    ChecksImport {
+        kind: hamail_types::CheckKind,
+        source: String,
+    },
+    /// Removes a table.
+    ChecksClear {
+        kind: hamail_types::CheckKind,
+    },
+    /// The tables and their rules (both without `kind`).
+    ChecksList {
+        #[serde(default)]
+        kind: Option<hamail_types::CheckKind>,
+    },
+    /// Which rule of this node's table matches `input`: a header as
+    /// `Name: value`, or one body line.
+    ChecksTest {
+        kind: hamail_types::CheckKind,
+        input: String,
+    },
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.

@@ -465,6 +465,10 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
         | AdminRequest::QuotaDel { .. }
         | AdminRequest::QuotaList { .. }
         | AdminRequest::DomainSet { .. }) => crate::limits::handle(ctx, req).await,
+        req @ (AdminRequest::ChecksImport { .. }
+        | AdminRequest::ChecksClear { .. }
+        | AdminRequest::ChecksList { .. }
+        | AdminRequest::ChecksTest { .. }) => crate::checks::handle(ctx, req).await,
         AdminRequest::RecipientAdd { address, value } => {
             write(ctx, vec![Command::RecipientAdd { address, value }]).await
         }

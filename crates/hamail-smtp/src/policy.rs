@@ -2,6 +2,8 @@
 //! reject_unauth_destination` plus `reject_unlisted_recipient`, decided on
 //! the replicated tables. Pure: the tables come in through a trait.
 
+use std::sync::Arc;
+
 use hamail_types::{DomainKind, DomainName, MailAddress};
 use ipnet::IpNet;
 
@@ -21,6 +23,12 @@ pub trait Tables {
     fn user_hash(&self, user: &MailAddress) -> Result<Option<String>, BackendError>;
     /// The users a `hamail sender allow` entry lets send as `sender`.
     fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError>;
+    /// The header and body checks this node applies (the replicated
+    /// tables, compiled once per table version by the implementor, never
+    /// per message); `None` when there are none.
+    fn content_checks(&self) -> Result<Option<Arc<hamail_checks::Checks>>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// Whether the user logged in as `login` may use `sender` as the envelope

@@ -360,6 +360,7 @@ impl<'a> Applier<'a> {
                 domain,
                 message_size_limit,
             } => self.domain_set(domain, *message_size_limit, time_ms),
+            Command::ChecksReplace { kind, source } => self.checks_replace(*kind, source, time_ms),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),

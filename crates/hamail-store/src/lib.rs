@@ -3,6 +3,7 @@
 //! payloads for raft, and [`StoreError`]; no RocksDB type leaves this crate.
 
 mod apply;
+mod checks;
 mod codec;
 mod db;
 mod limits;
@@ -17,8 +18,8 @@ pub use db::Store;
 pub use limits::{DomainSettings, QuotaRecord};
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use tables::{
-    AliasRecord, DomainRecord, NodeRecord, RecipientRecord, SenderLoginRecord, Table, TokenRecord,
-    TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState,
+    AliasRecord, ChecksRecord, DomainRecord, NodeRecord, RecipientRecord, SenderLoginRecord, Table,
+    TokenRecord, TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -34,10 +34,14 @@ pub enum Table {
     /// Per-domain settings (`domain set`), keyed by domain:
     /// [`crate::DomainSettings`].
     DomainSettings,
+    /// Header and body checks: key `header` or `body` holds a
+    /// [`ChecksRecord`]; key `version` a u64 bumped by every change (the
+    /// smtpd recompiles when it moves).
+    Checks,
 }
 
 impl Table {
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Domains,
         Table::Recipients,
         Table::Aliases,
@@ -52,6 +56,7 @@ impl Table {
         Table::SenderLogins,
         Table::Quotas,
         Table::DomainSettings,
+        Table::Checks,
     ];
 
     pub fn cf_name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Table {
             Table::SenderLogins => "sender_logins",
             Table::Quotas => "quotas",
             Table::DomainSettings => "domain_settings",
+            Table::Checks => "checks",
         }
     }
 
@@ -89,6 +95,7 @@ impl Table {
             Table::SenderLogins => 12,
             Table::Quotas => 13,
             Table::DomainSettings => 14,
+            Table::Checks => 15,
         }
     }
 
@@ -128,6 +135,14 @@ pub struct TransportRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenderLoginRecord {
     pub added_ms: u64,
+}
+
+/// A header_checks or body_checks table as imported: its text (every node
+/// compiles the same rules from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecksRecord {
+    pub source: String,
+    pub changed_ms: u64,
 }
 
 /// A join token (keyed by the SHA-256 of its secret).

@@ -98,6 +98,17 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 message_size_limit,
             }
         }),
+        (
+            prop::sample::select(vec![
+                hamail_types::CheckKind::Header,
+                hamail_types::CheckKind::Body
+            ]),
+            prop::sample::select(vec!["", "/a/ REJECT\n", "if /b/\n/c/ HOLD\nendif\n"])
+        )
+            .prop_map(|(kind, source)| Command::ChecksReplace {
+                kind,
+                source: source.into()
+            }),
     ]
 }
 

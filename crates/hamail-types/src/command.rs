@@ -254,6 +254,14 @@ pub enum Command {
         domain: DomainName,
         message_size_limit: Option<u64>,
     },
+    /// Replaces the header_checks or body_checks table with this source
+    /// (Postfix regexp-table text, validated by parsing it; empty: no
+    /// table). The text travels, not compiled rules, so every node
+    /// compiles the same rules from it.
+    ChecksReplace {
+        kind: hamail_checks::CheckKind,
+        source: String,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -466,6 +474,9 @@ impl Command {
             } if *limit == 0 || *limit > crate::MAX_BYTE_SIZE => bad(format!(
                 "the message size limit of {domain} must be from 1 byte to 1 PiB"
             )),
+            Command::ChecksReplace { kind, source } => hamail_checks::parse(*kind, source)
+                .map(|_| ())
+                .map_err(|e| TypesError::Command(format!("{kind}_checks {e}"))),
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -484,6 +495,7 @@ impl Command {
             }
             Command::RecipientImport { entries } => 64 * entries.len(),
             Command::UserImport { users } => 192 * users.len(),
+            Command::ChecksReplace { source, .. } => 128 + source.len(),
             Command::CaRotate { old, new } => {
                 old.cert_pem.len() + old.key_pem.len() + new.cert_pem.len() + new.key_pem.len()
             }
@@ -523,6 +535,8 @@ impl Command {
             Command::SenderAllow { .. }
             | Command::SenderDeny { .. }
             | Command::UserImport { .. } => None,
+            // The content checks apply to every domain's mail.
+            Command::ChecksReplace { .. } => None,
             Command::RecipientImport { .. }
             | Command::TokenAdd { .. }
             | Command::NodeAdmit { .. }

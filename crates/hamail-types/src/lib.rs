@@ -16,6 +16,8 @@ pub mod zone;
 pub use address::MailAddress;
 pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, Outcome};
 pub use domain::DomainName;
+/// Which content-check table (header_checks or body_checks).
+pub use hamail_checks::CheckKind;
 pub use map::{MapEntry, MapError, parse_postfix_map};
 pub use queue::{NewMessage, QueueEntry, QueueId, QueueRecipient, QueueSelector, RecipientStatus};
 pub use size::{MAX_BYTE_SIZE, format_byte_size, parse_byte_size};

@@ -17,8 +17,10 @@ use hamail_types::{
 
 use crate::Verb;
 
+mod checks;
 mod quota;
 mod users;
+pub use checks::ChecksVerb;
 pub use quota::QuotaVerb;
 pub use users::{SenderVerb, UserVerb};
 
@@ -305,6 +307,7 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
             false,
         ),
         Verb::Quota(v) => quota::quota_request(v),
+        Verb::Checks(v) => checks::checks_request(v)?,
         Verb::Recipient(RecipientVerb::Add { address, value }) => {
             (AdminRequest::RecipientAdd { address, value }, false)
         }
@@ -499,6 +502,8 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
         AdminRequest::UserList { .. } => users::print_users(serde_json::from_value(result)?),
         AdminRequest::SenderList => users::print_senders(serde_json::from_value(result)?),
         AdminRequest::QuotaList { .. } => quota::print_quotas(serde_json::from_value(result)?),
+        AdminRequest::ChecksList { .. } => checks::print_tables(serde_json::from_value(result)?),
+        AdminRequest::ChecksTest { .. } => checks::print_test(serde_json::from_value(result)?),
         AdminRequest::TransportList => {
             let rows: Vec<TransportRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);

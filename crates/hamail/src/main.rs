@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod checks_cache;
 mod cli;
 mod metrics;
 mod queue_backend;
@@ -71,6 +72,9 @@ enum Verb {
     /// Mailbox quotas for Maildir delivery: set, del, list.
     #[command(subcommand)]
     Quota(cli::QuotaVerb),
+    /// Header and body checks (Postfix regexp tables): import, list, test, clear.
+    #[command(subcommand)]
+    Checks(cli::ChecksVerb),
 }
 
 fn main() -> ExitCode {

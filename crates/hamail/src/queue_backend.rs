@@ -40,6 +40,8 @@ pub struct ClusterBackend {
     /// Set once this node is in a cluster (at start, or after init/join).
     node: OnceLock<Arc<RaftNode>>,
     cluster: OnceLock<Arc<Cluster>>,
+    /// Header and body checks, compiled once per table version.
+    checks: crate::checks_cache::ChecksCache,
 }
 
 impl ClusterBackend {
@@ -131,6 +133,10 @@ impl Tables for ClusterBackend {
 
     fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError> {
         self.store.sender_allowed_users(sender).map_err(read_error)
+    }
+
+    fn content_checks(&self) -> Result<Option<Arc<hamail_checks::Checks>>, BackendError> {
+        self.checks.get(&self.store)
     }
 }
 
@@ -548,6 +554,7 @@ pub fn smtpds(
         interfaces: std::sync::Mutex::new(None),
         node: OnceLock::new(),
         cluster: OnceLock::new(),
+        checks: Default::default(),
     });
     let base = settings(cfg, data_dir)?;
     let needs_auth =

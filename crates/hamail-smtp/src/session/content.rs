@@ -38,13 +38,17 @@ impl<B: Backend> Session<B> {
     /// `Queue` ends the run.
     pub(super) async fn content_policy(
         &mut self,
-        _queue_id: &QueueId,
-        _pending: &mut Pending,
+        queue_id: &QueueId,
+        pending: &mut Pending,
     ) -> Disposition {
         // What a content filter hands back was checked on its way in
         // (Postfix's `receive_override_options=no_header_body_checks,no_milters`).
         if self.settings.role == crate::Role::Reinject {
             return Disposition::Queue;
+        }
+        match self.header_body_checks(queue_id, pending) {
+            Disposition::Queue => {}
+            other => return other,
         }
         Disposition::Queue
     }

@@ -9,6 +9,7 @@
 
 mod auth;
 mod body;
+mod checks;
 mod conn;
 mod content;
 mod envelope;
