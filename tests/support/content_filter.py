@@ -18,6 +18,8 @@ Modes (--mode), for the failure cases:
     tempfail  answer 451 4.5.0 to the end of DATA, re-inject nothing
     reject    answer 554 5.7.0 to the end of DATA, re-inject nothing
     drop      answer 250 and re-inject nothing (a filter that loses mail)
+    hang      never answer the end of DATA, re-inject nothing (a filter
+              stuck on the message; the session ends when the MTA gives up)
 
 One line "READY HOST:PORT" goes to stdout at startup; one line per message to
 stderr. SIGTERM/SIGINT exit with status 0.
@@ -171,6 +173,10 @@ class Session:
         if mode == "drop":
             log(f"drop {who}")
             return "250 2.0.0 Ok, discarded"
+        if mode == "hang":
+            log(f"hang {who}")
+            await self.reader.read()
+            raise ConnectionError("the MTA gave up waiting")
         message = b"X-Filtered: yes\r\n" + body
         failure = "no re-injection target"
         for target in self.args.reinject:
@@ -191,7 +197,7 @@ async def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", required=True, type=host_port)
     p.add_argument("--reinject", required=True, type=host_port, action="append")
-    p.add_argument("--mode", choices=["pass", "tempfail", "reject", "drop"], default="pass")
+    p.add_argument("--mode", choices=["pass", "tempfail", "reject", "drop", "hang"], default="pass")
     p.add_argument("--lmtp", action="store_true", help="speak LMTP instead of SMTP")
     args = p.parse_args()
 

@@ -371,16 +371,20 @@ fn every_message_goes_through_the_filter_and_none_around_it() {
 
 /// One node, the filter reached by LMTP: a message for two recipients goes
 /// to the filter in one transaction (one reply per recipient) and arrives
-/// once, filtered, for both.
+/// once, filtered, for both. A filter that never answers leaves the message
+/// deferred until it does; one that answers 250 and never re-injects has
+/// taken the message (as in Postfix), which the missing `orig_queue_id`
+/// line shows.
 #[test]
-fn an_lmtp_filter_takes_all_recipients_in_one_transaction() {
+fn an_lmtp_filter_takes_all_recipients_in_one_transaction_and_a_stuck_one_defers() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut node = Node::with_config_extra(
         d,
         "[smtp]\nlisten = [\"127.0.0.1:18550\"]\ncontent_filter = \"lmtp:[127.0.0.1]:18551\"\n\n\
          [smtp.reinject]\nlisten = \"127.0.0.1:18552\"\n\n\
-         [delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\nmaximal_backoff_time_secs = 2\n",
+         [delivery]\nresolver = \"127.0.0.1:9\"\nminimal_backoff_time_secs = 1\nmaximal_backoff_time_secs = 2\n\
+         smtp_timeout_secs = 2\n",
     );
     node.start();
     node.ok(&["domain", "add", "example.jp", "--kind", "relay"]);
@@ -388,11 +392,8 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction() {
     node.ok(&["recipient", "add", "b@example.jp"]);
     node.ok(&["transport", "set", "example.jp", "smtp:[127.0.0.39]:18553"]);
     let sink = Sink::start("127.0.0.39:18553", d);
-    let _filter = Filter::start(
-        "127.0.0.1:18551",
-        &["127.0.0.1:18552".to_string()],
-        &["--lmtp"],
-    );
+    let reinject = ["127.0.0.1:18552".to_string()];
+    let filter = Filter::start("127.0.0.1:18551", &reinject, &["--lmtp"]);
     let id = send(
         "127.0.0.1:18550",
         &["a@example.jp", "b@example.jp"],
@@ -416,6 +417,47 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction() {
         1,
         "one message, not one per recipient"
     );
+
+    // A filter stuck on the message: deferred after smtp_timeout_secs,
+    // delivered filtered once it answers again.
+    drop(filter);
+    let filter = Filter::start("127.0.0.1:18551", &reinject, &["--lmtp", "--mode", "hang"]);
+    let stuck = send("127.0.0.1:18550", &["a@example.jp"], "filter-hangs");
+    wait_for("the stuck filter to defer the message", || {
+        let e = entry(&node, &stuck)?;
+        let reason = e["recipients"][0]["status"]["deferred"]["reason"].as_str()?;
+        reason.contains("timeout").then_some(())
+    });
+    assert!(sink.find("filter-hangs").is_none());
+    drop(filter);
+    let filter = Filter::start("127.0.0.1:18551", &reinject, &["--lmtp"]);
+    let (_, text) = wait_for("the message once the filter answers", || {
+        sink.find("filter-hangs")
+    });
+    assert_eq!(text.matches("X-Filtered: yes").count(), 1, "{text}");
+    wait_for("the original to leave the queue", || {
+        entry(&node, &stuck).is_none().then_some(())
+    });
+
+    // A filter that takes the message and never re-injects it: the
+    // original is done (sent to the filter), nothing comes back.
+    drop(filter);
+    let _filter = Filter::start("127.0.0.1:18551", &reinject, &["--lmtp", "--mode", "drop"]);
+    let dropped = send("127.0.0.1:18550", &["b@example.jp"], "filter-drops");
+    wait_for("the filter's 250 to complete the original", || {
+        let log = node.log_text();
+        (log.contains(&format!(
+            "{dropped}: to=<b@example.jp>, relay=127.0.0.1[127.0.0.1]:18551"
+        )) && log.contains("status=sent (250 2.0.0 Ok, discarded)")
+            && entry(&node, &dropped).is_none())
+        .then_some(())
+    });
+    assert!(
+        !node
+            .log_text()
+            .contains(&format!("orig_queue_id={dropped}"))
+    );
+    assert!(sink.find("filter-drops").is_none());
 }
 
 /// A content filter Postfix's way but with a transport hamail does not
