@@ -391,6 +391,16 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction_and_a_stuck_one_defers
     node.ok(&["recipient", "add", "a@example.jp"]);
     node.ok(&["recipient", "add", "b@example.jp"]);
     node.ok(&["transport", "set", "example.jp", "smtp:[127.0.0.39]:18553"]);
+    // Header checks apply where mail comes in, not on the filter's way
+    // back (`no_header_body_checks`): the filter's own header would be
+    // refused there.
+    let checks = d.join("header_checks");
+    std::fs::write(
+        &checks,
+        "/^X-Filtered: yes/ REJECT checked twice\n/^Subject: blocked-on-the-way-in/ REJECT no thanks\n",
+    )
+    .unwrap();
+    node.ok(&["checks", "import", "header", checks.to_str().unwrap()]);
     let sink = Sink::start("127.0.0.39:18553", d);
     let reinject = ["127.0.0.1:18552".to_string()];
     let filter = Filter::start("127.0.0.1:18551", &reinject, &["--lmtp"]);
@@ -401,6 +411,7 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction_and_a_stuck_one_defers
     );
     let (meta, text) = wait_for("the filtered message", || sink.find("two-recipients"));
     assert!(text.contains("X-Filtered: yes"), "{text}");
+    assert!(!node.log_text().contains("checked twice"));
     assert_eq!(
         meta["rcpt_to"],
         serde_json::json!(["a@example.jp", "b@example.jp"])
@@ -417,6 +428,27 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction_and_a_stuck_one_defers
         1,
         "one message, not one per recipient"
     );
+
+    // The same checks: enforced on the MX, not on the way back.
+    let (mut c, g) = SmtpClient::connect("127.0.0.1:18550").unwrap();
+    assert!(g.is(220));
+    assert!(c.cmd("EHLO client.example").unwrap().is(250));
+    let r = c
+        .send_mail(
+            "sender@client.example",
+            &["a@example.jp"],
+            "Subject: blocked-on-the-way-in\r\n\r\nx",
+        )
+        .unwrap();
+    assert!(r.is(550) && r.text.contains("no thanks"), "{r:?}");
+    send(
+        "127.0.0.1:18552",
+        &["a@example.jp"],
+        "blocked-on-the-way-in",
+    );
+    wait_for("the re-injected message, unchecked", || {
+        sink.find("blocked-on-the-way-in")
+    });
 
     // A filter stuck on the message: deferred after smtp_timeout_secs,
     // delivered filtered once it answers again.

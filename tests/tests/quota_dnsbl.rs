@@ -8,12 +8,14 @@
 use std::path::Path;
 use std::process::Command;
 
+use hamail_tests::smtp::SmtpClient;
 use hamail_tests::{Node, form_cluster, stderr, wait_for};
 
 /// Cluster RPC ports of this file's one-node clusters (DNS +1000, SMTP
 /// +2000, submission +3000 and +4000).
 const PORT_BOUNCE: u16 = 18560;
 const PORT_DEFER: u16 = 18562;
+const PORT_SIZE: u16 = 18564;
 
 fn swaks(args: &[&str]) -> std::process::Output {
     Command::new("swaks")
@@ -229,4 +231,134 @@ fn in_defer_mode_a_delivery_past_the_quota_stays_queued_with_4_2_2() {
         node.queue().is_empty().then_some(())
     });
     assert_eq!(maildir(&mail.join("example.jp/full")).len(), 1);
+}
+
+#[test]
+fn a_domain_size_limit_refuses_at_rcpt_and_at_the_end_of_data_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _mail) = mail_node(dir.path(), PORT_SIZE, "bounce");
+    let smtp = Node::smtp_addr(1, PORT_SIZE);
+
+    // Above the global message_size_limit (10 MiB by default): refused.
+    let out = node.cli(&["domain", "set", "example.jp", "--message-size-limit", "20M"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("above the global"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.cli(&[
+        "domain",
+        "set",
+        "nothere.example",
+        "--message-size-limit",
+        "1M",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no such domain"), "{}", stderr(&out));
+    assert!(!node.ok(&["domain", "list"]).contains("message_size_limit"));
+    node.ok(&["domain", "set", "example.jp", "--message-size-limit", "2K"]);
+    assert!(
+        node.ok(&["domain", "list"])
+            .contains("message_size_limit 2K"),
+        "{}",
+        node.ok(&["domain", "list"])
+    );
+
+    // SIZE= above the domain's limit: 552 at RCPT for that domain only.
+    let (mut c, g) = SmtpClient::connect(&smtp).unwrap();
+    assert!(g.is(220), "{g:?}");
+    assert!(c.cmd("EHLO client.example").unwrap().is(250));
+    let r = c
+        .cmd("MAIL FROM:<sender@client.example> SIZE=5000")
+        .unwrap();
+    assert!(r.is(250), "{r:?}");
+    let r = c.cmd("RCPT TO:<box@example.jp>").unwrap();
+    assert!(
+        r.text
+            .starts_with("552 5.3.4 Message size exceeds fixed limit"),
+        "{r:?}"
+    );
+    let r = c.cmd("RCPT TO:<sender@client.example>").unwrap();
+    assert!(r.is(250), "{r:?}");
+    assert!(c.cmd("RSET").unwrap().is(250));
+    // Within the limit declared: accepted at RCPT...
+    let r = c
+        .cmd("MAIL FROM:<sender@client.example> SIZE=1000")
+        .unwrap();
+    assert!(r.is(250), "{r:?}");
+    assert!(c.cmd("RCPT TO:<box@example.jp>").unwrap().is(250));
+    assert!(c.cmd("RCPT TO:<sender@client.example>").unwrap().is(250));
+    assert!(c.cmd("DATA").unwrap().is(354));
+    // ...and refused at the end of DATA when the message is larger.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(4000));
+    c.send(big.as_bytes()).unwrap();
+    c.send(b".\r\n").unwrap();
+    let r = c.reply().unwrap();
+    assert!(
+        r.text
+            .starts_with("552 5.3.4 Message size exceeds fixed limit"),
+        "{r:?}"
+    );
+    assert!(node.queue().is_empty(), "nothing queued");
+
+    // swaks without SIZE: the same at the end of DATA; a small message
+    // and mail for the other domain pass.
+    let out = swaks(&[
+        "--server",
+        &smtp,
+        "--from",
+        "sender@client.example",
+        "--to",
+        "box@example.jp",
+        "--body",
+        &"y".repeat(3000),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("<** 552 5.3.4 Message size exceeds fixed limit"),
+        "{text}"
+    );
+    assert!(node.queue().is_empty(), "nothing queued");
+    let small = send(&smtp, "box@example.jp", "small");
+    let other = swaks(&[
+        "--server",
+        &smtp,
+        "--from",
+        "sender@client.example",
+        "--to",
+        "sender@client.example",
+        "--body",
+        &"y".repeat(3000),
+    ]);
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    assert!(!small.is_empty());
+    // Back to the global limit.
+    node.ok(&[
+        "domain",
+        "set",
+        "example.jp",
+        "--message-size-limit",
+        "global",
+    ]);
+    let out = swaks(&[
+        "--server",
+        &smtp,
+        "--from",
+        "sender@client.example",
+        "--to",
+        "box@example.jp",
+        "--body",
+        &"y".repeat(3000),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

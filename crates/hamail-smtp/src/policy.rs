@@ -23,6 +23,11 @@ pub trait Tables {
     fn user_hash(&self, user: &MailAddress) -> Result<Option<String>, BackendError>;
     /// The users a `hamail sender allow` entry lets send as `sender`.
     fn sender_logins(&self, sender: &MailAddress) -> Result<Vec<MailAddress>, BackendError>;
+    /// The domain's own message size limit (`hamail domain set
+    /// --message-size-limit`), below the global one; `None`: the global.
+    fn domain_message_size_limit(&self, _domain: &DomainName) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
     /// The header and body checks this node applies (the replicated
     /// tables, compiled once per table version by the implementor, never
     /// per message); `None` when there are none.

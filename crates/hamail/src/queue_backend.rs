@@ -114,6 +114,13 @@ impl Tables for ClusterBackend {
             .map_err(read_error)
     }
 
+    fn domain_message_size_limit(&self, domain: &DomainName) -> Result<Option<u64>, BackendError> {
+        self.store
+            .domain_settings(domain)
+            .map(|s| s.message_size_limit)
+            .map_err(read_error)
+    }
+
     fn alias_targets(
         &self,
         address: &MailAddress,

@@ -146,6 +146,14 @@ impl<B: Backend> Session<B> {
         let Some(queue_id) = txn.queue_id.clone() else {
             return Ok(self.error("503 5.5.1 Error: need RCPT command"));
         };
+        // The smallest limit of the recipients' domains (below the global
+        // one, which the reader enforced): nothing is queued past it.
+        if let Some(limit) = txn.domain_size_limit
+            && body.len() as u64 > limit
+        {
+            tracing::info!(target: "postfix/cleanup", "{queue_id}: reject: message size {} exceeds the limit {limit} of a recipient's domain", body.len());
+            return Ok(self.error("552 5.3.4 Message size exceeds fixed limit"));
+        }
         let now = unix_now();
         // RFC 3848 (and 6531): S for TLS, A for an authenticated client.
         let base = match (txn.smtputf8, self.esmtp) {

@@ -136,6 +136,7 @@ impl<B: Backend> Session<B> {
             sender,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            declared_size: from.size,
             ..Txn::default()
         });
         self.conn.reply("250 2.1.0 Ok");
@@ -213,6 +214,24 @@ impl<B: Backend> Session<B> {
                 );
             }
         }
+        // A domain's own size limit (Postfix has one per transport; ours is
+        // per domain): a declared SIZE above it is refused here, the
+        // message itself at the end of DATA.
+        let domain_limit = match self.backend.domain_message_size_limit(rcpt.domain()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "domain settings lookup failed");
+                return reject(
+                    self,
+                    format!("451 4.3.0 <{shown}>: Temporary lookup failure"),
+                );
+            }
+        };
+        if let (Some(limit), Some(txn)) = (domain_limit, &self.txn)
+            && txn.declared_size as u64 > limit
+        {
+            return reject(self, "552 5.3.4 Message size exceeds fixed limit".into());
+        }
         let node = self.backend.node_id();
         let client = match &self.authenticated {
             Some(a) => format!(
@@ -230,6 +249,9 @@ impl<B: Backend> Session<B> {
             let id = QueueId::new_for(node);
             tracing::info!(target: "postfix/smtpd", "{id}: client={client}");
             txn.queue_id = Some(id);
+        }
+        if let Some(limit) = domain_limit {
+            txn.domain_size_limit = Some(txn.domain_size_limit.map_or(limit, |l| l.min(limit)));
         }
         if !txn.recipients.contains(&rcpt) {
             txn.recipients.push(rcpt);

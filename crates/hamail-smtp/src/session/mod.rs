@@ -47,6 +47,11 @@ struct Txn {
     queue_id: Option<QueueId>,
     smtputf8: bool,
     eight_bit: bool,
+    /// The size the client declared at MAIL (SIZE=), 0 if none.
+    declared_size: usize,
+    /// The smallest per-domain message size limit of the accepted
+    /// recipients' domains (`domain set --message-size-limit`).
+    domain_size_limit: Option<u64>,
     /// BDAT chunks so far, and whether one was over the limit.
     bdat: Option<Vec<u8>>,
     bdat_too_big: bool,
