@@ -233,11 +233,17 @@ fn pattern(text: &str) -> Result<(Pattern, &str), String> {
         basic_to_extended(regex_text)
     };
     let regex = compile(&syntax, ci, multi).map_err(|e| format!("pattern {source}: {e}"))?;
+    let header_name = if negated {
+        None
+    } else {
+        header_name(&syntax, multi)
+    };
     Ok((
         Pattern {
             source,
             negated,
             regex,
+            header_name,
         },
         rest,
     ))
@@ -275,6 +281,34 @@ fn compile(syntax: &str, ci: bool, multi: bool) -> Result<Regex, String> {
                 one_line(&other.to_string())
             ),
         })
+}
+
+/// The header name (lower case) a pattern can only match, when it starts
+/// with `^Name:` written out (`^Subject:.*x`, not `^(Subject|From):` nor
+/// `^Subject:|x`): the matcher then tries it only on headers of that name.
+fn header_name(syntax: &str, multi: bool) -> Option<Vec<u8>> {
+    use regex_syntax::hir::{HirKind, Look};
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .multi_line(multi)
+        .build()
+        .parse(syntax)
+        .ok()?;
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    match parts.first().map(|h| h.kind()) {
+        Some(HirKind::Look(Look::Start)) => {}
+        _ => return None,
+    }
+    let HirKind::Literal(lit) = parts.get(1)?.kind() else {
+        return None;
+    };
+    let colon = lit.0.iter().position(|b| *b == b':')?;
+    let name = &lit.0[..colon];
+    let field_char = |b: &u8| b.is_ascii_graphic() && *b != b':';
+    (!name.is_empty() && name.iter().all(field_char)).then(|| name.to_ascii_lowercase())
 }
 
 /// regex's errors draw the pattern over several lines; one line for ours.
@@ -352,6 +386,20 @@ mod tests {
         assert_eq!(basic_to_extended(r"x\{2,3\}(y)"), r"x{2,3}\(y\)");
         assert_eq!(basic_to_extended(r"[(|)]a|b"), r"[(|)]a\|b");
         assert_eq!(basic_to_extended(r"[[:alpha:]+]\+"), r"[[:alpha:]+]+");
+    }
+
+    #[test]
+    fn header_names_are_found_only_where_they_are_certain() {
+        let name = |p: &str| header_name(p, false).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(name("^Subject:.*viagra"), Some("subject".into()));
+        assert_eq!(name("^X-Spam-Flag: YES$"), Some("x-spam-flag".into()));
+        assert_eq!(name("^subject:"), Some("subject".into()));
+        assert_eq!(name("^(Subject|From):"), None);
+        assert_eq!(name("^Subject:|viagra"), None);
+        assert_eq!(name("Subject:"), None);
+        assert_eq!(name("^Subject *:"), None);
+        assert_eq!(name("^(?i)Subject:"), None);
+        assert_eq!(header_name("^Subject:", true), None);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! A compiled table and its matcher: rules are tried in order and the
 //! first that matches wins; an `if` block's rules are tried only when its
-//! pattern matches (or, for `if !/.../`, does not).
+//! pattern matches (or, for `if !/.../`, does not). A header table is
+//! indexed by the header name a rule's pattern starts with (`^Subject:`):
+//! a header is tried only against the rules for its name and the rules
+//! for any name, still in source order.
+
+use std::collections::HashMap;
 
 use regex::bytes::Regex;
 
@@ -14,6 +19,9 @@ pub(crate) struct Pattern {
     pub source: String,
     pub negated: bool,
     pub regex: Regex,
+    /// The only header name (lower case) the pattern can match, if it
+    /// says so by starting with `^Name:`.
+    pub header_name: Option<Vec<u8>>,
 }
 
 impl Pattern {
@@ -57,6 +65,49 @@ pub struct Table {
     kind: CheckKind,
     nodes: Vec<Node>,
     rules: usize,
+    /// For a header table: which top-level nodes to try for a header name.
+    index: Option<Index>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Nodes (by position) that can match only headers of this name.
+    by_name: HashMap<Vec<u8>, Vec<usize>>,
+    /// Nodes that may match any header.
+    any: Vec<usize>,
+}
+
+impl Index {
+    fn new(nodes: &[Node]) -> Index {
+        let mut ix = Index::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let pattern = match n {
+                Node::Rule(r) => &r.pattern,
+                Node::If { pattern, .. } => pattern,
+            };
+            match &pattern.header_name {
+                Some(name) => ix.by_name.entry(name.clone()).or_default().push(i),
+                None => ix.any.push(i),
+            }
+        }
+        ix
+    }
+
+    /// The nodes to try for `input`, in source order.
+    fn candidates<'a>(&'a self, input: &[u8]) -> impl Iterator<Item = usize> + 'a {
+        let named: &[usize] = input
+            .iter()
+            .position(|b| *b == b':')
+            .and_then(|c| self.by_name.get(&input[..c].to_ascii_lowercase()))
+            .map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (named.iter().peekable(), self.any.iter().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next().copied(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next().copied(),
+            (Some(_), None) => a.next().copied(),
+            (None, None) => None,
+        })
+    }
 }
 
 /// The rule that matched an input, with its text filled in.
@@ -71,7 +122,13 @@ pub struct Match<'a> {
 
 impl Table {
     pub(crate) fn new(kind: CheckKind, nodes: Vec<Node>, rules: usize) -> Table {
-        Table { kind, nodes, rules }
+        let index = (kind == CheckKind::Header).then(|| Index::new(&nodes));
+        Table {
+            kind,
+            nodes,
+            rules,
+            index,
+        }
     }
 
     pub fn kind(&self) -> CheckKind {
@@ -106,7 +163,12 @@ impl Table {
     /// or one body line without its line break).
     pub fn find(&self, input: &[u8]) -> Option<Match<'_>> {
         let mut within = Vec::new();
-        let rule = first_match(&self.nodes, input, &mut within)?;
+        let rule = match &self.index {
+            Some(ix) => ix
+                .candidates(input)
+                .find_map(|i| node_match(&self.nodes[i], input, &mut within))?,
+            None => first_match(&self.nodes, input, &mut within)?,
+        };
         let text = if rule.template.has_groups() {
             let caps = rule.pattern.regex.captures(input);
             rule.template.fill(caps.as_ref())
@@ -118,26 +180,28 @@ impl Table {
 }
 
 fn first_match<'a>(nodes: &'a [Node], input: &[u8], within: &mut Vec<usize>) -> Option<&'a Rule> {
-    for n in nodes {
-        match n {
-            Node::Rule(r) if r.pattern.matches(input) => return Some(r),
-            Node::Rule(_) => {}
-            Node::If {
-                line,
-                pattern,
-                body,
-            } => {
-                if pattern.matches(input) {
-                    within.push(*line);
-                    if let Some(r) = first_match(body, input, within) {
-                        return Some(r);
-                    }
-                    within.pop();
-                }
+    nodes.iter().find_map(|n| node_match(n, input, within))
+}
+
+fn node_match<'a>(node: &'a Node, input: &[u8], within: &mut Vec<usize>) -> Option<&'a Rule> {
+    match node {
+        Node::Rule(r) => r.pattern.matches(input).then_some(r),
+        Node::If {
+            line,
+            pattern,
+            body,
+        } => {
+            if !pattern.matches(input) {
+                return None;
             }
+            within.push(*line);
+            let found = first_match(body, input, within);
+            if found.is_none() {
+                within.pop();
+            }
+            found
         }
     }
-    None
 }
 
 #[cfg(test)]
@@ -210,6 +274,25 @@ mod tests {
             t.all_rules().iter().map(|r| r.line).collect::<Vec<_>>(),
             vec![4, 6, 8]
         );
+    }
+
+    #[test]
+    fn the_name_index_keeps_source_order() {
+        let t = table(concat!(
+            "/^Subject:.*a/ WARN named first\n",
+            "/bb/ INFO any\n",
+            "/^SUBJECT:.*bb/ HOLD named after any\n",
+            "/^From:/ DUNNO\n",
+            "if /^Subject:/\n/: c/ REJECT in if\nendif\n",
+            "!/^Subject:/ IGNORE\n",
+        ));
+        assert_eq!(hit(&t, "Subject: a bb").map(|h| h.0), Some(1));
+        assert_eq!(hit(&t, "subject: bb").map(|h| h.0), Some(2));
+        assert_eq!(hit(&t, "Subject: c").map(|h| h.0), Some(6));
+        assert_eq!(hit(&t, "From: c").map(|h| h.0), Some(4));
+        assert_eq!(hit(&t, "To: c").map(|h| h.0), Some(8));
+        assert_eq!(hit(&t, "Subject: d"), None);
+        assert_eq!(hit(&t, "no colon at all").map(|h| h.0), Some(8));
     }
 
     #[test]
