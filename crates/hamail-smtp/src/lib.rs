@@ -6,11 +6,13 @@
 //! the queue manager an [`outbound::QueueStore`]).
 //!
 //! Layout, in the order a message meets it:
-//! - `server.rs`: the listener (MX, submission, or submission over implicit
-//!   TLS), connection limits, one task per session
+//! - `server.rs`: the listener (MX, submission, submission over implicit
+//!   TLS, or a content filter's re-injection), connection limits, one task
+//!   per session
 //! - `session/`: one SMTP session by phase (`conn.rs` socket IO,
 //!   `envelope.rs` HELO/MAIL/RCPT, `auth.rs` the AUTH exchange, `body.rs`
-//!   DATA/BDAT and the 250 after the commit, `starttls.rs`), over `data.rs`
+//!   DATA/BDAT and the 250 after the commit, `starttls.rs`, `reinject.rs`
+//!   the re-injection listener's rules), over `data.rs`
 //!   (pure body readers), `policy.rs` (recipient checks, aliases, sender
 //!   ownership), `auth.rs` (where passwords are checked, the brute-force
 //!   limiter) and `headers.rs`
