@@ -210,11 +210,24 @@ fn header_block(message: &[u8]) -> (Vec<(usize, usize)>, Option<usize>) {
         }
         match headers.last_mut() {
             Some(last) if line[0] == b' ' || line[0] == b'\t' => last.1 = end,
+            // A line that is no header ends the headers: it is the body's
+            // first line (as Postfix's cleanup decides).
+            _ if !is_header_start(line) => return (headers, Some(at)),
             _ => headers.push((at, end)),
         }
         at = end;
     }
     (headers, None)
+}
+
+/// `Name:` at the start of a line (printable ASCII but `:` in the name,
+/// white space allowed before the colon, as obsolete syntax has it).
+fn is_header_start(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let name = line[..colon].trim_ascii_end();
+    !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic())
 }
 
 fn line_ending(raw: &[u8]) -> &[u8] {
@@ -378,5 +391,17 @@ mod tests {
             }
         );
         assert!(Checks::default().is_empty());
+    }
+
+    #[test]
+    fn a_line_that_is_no_header_starts_the_body() {
+        let m = b"Subject: x\r\nthis is no header\r\nFrom: not a header now\r\n";
+        let c = checks("/^From:/ REJECT header\n", "/^From:/ REJECT body\n");
+        assert_eq!(
+            check_message(&c, m).verdict,
+            Verdict::Reject {
+                reply: "550 5.7.1 body".into()
+            }
+        );
     }
 }
