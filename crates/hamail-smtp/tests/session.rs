@@ -642,3 +642,64 @@ async fn hamail_tests_poll<T>(f: impl Fn() -> Option<T>) -> T {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The content filter's mark is set on the queued message by the listener
+/// that took it; the re-injection listener sets none, checks no
+/// recipients for mynetworks, and refuses everyone else at RCPT.
+#[tokio::test]
+async fn the_content_filter_mark_and_the_reinjection_listener() {
+    let filter: hamail_types::TransportSpec = "smtp:[127.0.0.1]:10024".parse().unwrap();
+    let session = |settings: Settings, fake: Arc<Fake>| {
+        start_with(fake, settings, CancellationToken::new()).0
+    };
+    let send = |rcpt: &'static str| {
+        move |mut c: Client| async move {
+            c.reply().await;
+            c.cmd("EHLO filter.test").await;
+            assert!(c.cmd("MAIL FROM:<a@client.test>").await.starts_with("250"));
+            let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            if !r.starts_with("250") {
+                return r;
+            }
+            c.cmd("DATA").await;
+            c.cmd("Subject: x\r\n\r\nx\r\n.").await
+        }
+    };
+
+    // The MX marks what it takes.
+    let fake = Arc::new(Fake::default());
+    let mut mx = test_settings();
+    mx.content_filter = Some(filter.clone());
+    let r = send("user@example.jp")(session(mx, fake.clone())).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(fake.queued.lock().unwrap()[0].content_filter, Some(filter));
+
+    // The way back, from mynetworks: any recipient, no mark.
+    let fake = Arc::new(Fake::default());
+    let mut back = test_settings();
+    back.role = hamail_smtp::Role::Reinject;
+    back.mynetworks = vec!["192.0.2.9/32".parse().unwrap()];
+    let r = send("nobody@example.jp")(session(back.clone(), fake.clone())).await;
+    assert!(r.starts_with("250"), "{r}");
+    let relayed = send("someone@elsewhere.test")(session(back, fake.clone())).await;
+    assert!(relayed.starts_with("250"), "{relayed}");
+    let marks: Vec<_> = fake
+        .queued
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.content_filter.clone())
+        .collect();
+    assert_eq!(marks, vec![None, None]);
+
+    // From anywhere else: refused at RCPT, nothing queued.
+    let fake = Arc::new(Fake::default());
+    let mut outside = test_settings();
+    outside.role = hamail_smtp::Role::Reinject;
+    let r = send("user@example.jp")(session(outside, fake.clone())).await;
+    assert!(
+        r.starts_with("554 5.7.1 <unknown[192.0.2.9]>: Client host rejected"),
+        "{r}"
+    );
+    assert!(fake.queued.lock().unwrap().is_empty());
+}
