@@ -26,7 +26,7 @@ pub use dns::DnsSection;
 pub use metrics::MetricsSection;
 pub use node::NodeSection;
 pub use rpc::RpcSection;
-pub use smtp::{SaslBackend, SmtpSection};
+pub use smtp::{MilterDefaultAction, SaslBackend, SmtpSection};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

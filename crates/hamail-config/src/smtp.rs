@@ -77,6 +77,23 @@ pub struct SmtpSection {
     pub auth_cache_ttl_secs: u64,
     /// Password checks run at once, off the async runtime. 0: one per core.
     pub auth_workers: usize,
+    /// Milters run on every message at the end of DATA, in order, each
+    /// seeing the previous one's changes (Postfix's `smtpd_milters`):
+    /// `inet:HOST:PORT` or `unix:/path`, e.g. rspamd's
+    /// `inet:127.0.0.1:11332`. Empty: none.
+    pub milters: Vec<String>,
+    /// What a message gets when a milter fails (cannot be reached, times
+    /// out, breaks the protocol): "tempfail" (451 4.7.1), "reject"
+    /// (550 5.7.1) or "accept" (the milter is skipped).
+    pub milter_default_action: MilterDefaultAction,
+    /// Seconds to connect to a milter (`milter_connect_timeout`).
+    pub milter_connect_timeout_secs: u64,
+    /// Seconds for each milter reply to connect, HELO, MAIL, RCPT
+    /// (`milter_command_timeout`).
+    pub milter_command_timeout_secs: u64,
+    /// Seconds for each milter reply to a header, a body chunk and the end
+    /// of the message (`milter_content_timeout`).
+    pub milter_content_timeout_secs: u64,
     /// After-queue content filter (Postfix's `content_filter`, e.g. amavis):
     /// `smtp:[127.0.0.1]:10024` or `lmtp:[127.0.0.1]:10024`. Every message
     /// taken on `listen`, `submission_listen` or `submissions_listen` is
@@ -99,6 +116,19 @@ pub struct ReinjectSection {
     /// no such listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[smtp] milter_default_action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MilterDefaultAction {
+    /// 451 4.7.1: the client tries again later (Postfix's default).
+    #[default]
+    Tempfail,
+    /// Go on without the failed milter.
+    Accept,
+    /// 550 5.7.1.
+    Reject,
 }
 
 /// `[smtp] sasl_backend`.
@@ -141,6 +171,11 @@ impl Default for SmtpSection {
             smtpd_sasl_authenticated_header: false,
             auth_cache_ttl_secs: 60,
             auth_workers: 0,
+            milters: Vec::new(),
+            milter_default_action: MilterDefaultAction::Tempfail,
+            milter_connect_timeout_secs: 30,
+            milter_command_timeout_secs: 30,
+            milter_content_timeout_secs: 300,
             content_filter: String::new(),
             reinject: ReinjectSection::default(),
         }
@@ -154,6 +189,34 @@ impl SmtpSection {
         parse_content_filter(&self.content_filter).ok().flatten()
     }
 
+    /// `milters` parsed (validated at load, so this cannot fail on a loaded
+    /// config).
+    pub fn milter_addresses(&self) -> Vec<hamail_milter::MilterAddress> {
+        self.milters
+            .iter()
+            .filter_map(|m| hamail_milter::MilterAddress::parse(m).ok())
+            .collect()
+    }
+
+    /// The milter settings are usable: every address parses, every timeout
+    /// is above 0.
+    fn validate_milters(&self) -> Result<(), Invalid> {
+        for m in &self.milters {
+            hamail_milter::MilterAddress::parse(m)
+                .map_err(|e| Invalid::new("smtp.milters", e.to_string()))?;
+        }
+        for (key, v) in [
+            (
+                "smtp.milter_connect_timeout_secs",
+                self.milter_connect_timeout_secs,
+            ),
+            (
+                "smtp.milter_command_timeout_secs",
+                self.milter_command_timeout_secs,
+            ),
+            (
+                "smtp.milter_content_timeout_secs",
+                self.milter_content_timeout_secs,
             ),
         ] {
             if v == 0 || v > 3600 {
@@ -299,6 +362,7 @@ impl SmtpSection {
                 format!("{} is above 10000", m.smtpd_recipient_limit),
             ));
         }
+        if m.smtpd_timeout_secs == 0
             || m.smtpd_data_time_limit_secs == 0
             || m.smtpd_hard_error_limit == 0
         {
@@ -361,6 +425,44 @@ impl SmtpSection {
                     "{target} is smtp.reinject.listen: mail would skip the filter; point content_filter at the filter, which re-injects on {target}"
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn milters_and_their_timeouts() {
+        let err = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
+        let cfg = Config::default();
+        assert!(cfg.smtp.milters.is_empty());
+        assert_eq!(
+            cfg.smtp.milter_default_action,
+            super::MilterDefaultAction::Tempfail
+        );
+        assert_eq!(cfg.smtp.milter_content_timeout_secs, 300);
+        let cfg = Config::parse(
+            "[smtp]\nmilters = [\"inet:127.0.0.1:11332\", \"unix:/run/m.sock\"]\n\
+             milter_default_action = \"accept\"\nmilter_command_timeout_secs = 5\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.smtp.milter_addresses().len(), 2);
+        assert_eq!(
+            cfg.smtp.milter_addresses()[1].to_string(),
+            "unix:/run/m.sock"
+        );
+        assert_eq!(
+            cfg.smtp.milter_default_action,
+            super::MilterDefaultAction::Accept
+        );
+        let msg = err("[smtp]\nmilters = [\"127.0.0.1:11332\"]\n");
+        assert!(
+            msg.contains("smtp.milters") && msg.contains("inet:HOST:PORT"),
+            "{msg}"
         );
         let msg = err("[smtp]\nmilters = [\"unix:milter.sock\"]\n");
         assert!(msg.contains("absolute"), "{msg}");

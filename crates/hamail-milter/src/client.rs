@@ -59,9 +59,9 @@ pub struct Transaction<'a> {
     pub auth: Option<(&'a str, &'a str)>,
 }
 
-/// The milter's decision on the message.
+/// The milter's decision on the message. Exhaustive on purpose: a new
+/// verdict must be handled by the smtpd's stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Verdict {
     /// Accept or continue: the message goes on, with the changes.
     Pass,
@@ -81,8 +81,8 @@ pub const REJECT_REPLY: &str = "550 5.7.1 Command rejected";
 pub const TEMPFAIL_REPLY: &str = "451 4.7.1 Service unavailable - try again later";
 
 /// A change to the message or its envelope, in the order the milter asked.
+/// Exhaustive on purpose, like `Verdict`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Change {
     Header(HeaderChange),
     /// A recipient to add (angle brackets removed; ESMTP arguments of
@@ -506,8 +506,24 @@ impl Conversation {
         let mut changes = Vec::new();
         let mut body: Option<Vec<u8>> = None;
         let mut quarantine = None;
+        // Header and recipient changes are bounded like a body replacement:
+        // a milter sending SMFIR_ADDHEADER for ever must not fill memory.
+        let mut change_bytes = 0usize;
         loop {
             let reply = self.read(WHAT, self.timeouts.content).await?;
+            change_bytes += match &reply {
+                Reply::AddHeader { name, value }
+                | Reply::InsertHeader { name, value, .. }
+                | Reply::ChangeHeader { name, value, .. } => name.len() + value.len() + 4,
+                Reply::AddRecipient(r)
+                | Reply::AddRecipientPar(r, _)
+                | Reply::DeleteRecipient(r)
+                | Reply::ChangeSender(r, _) => r.len() + 4,
+                _ => 0,
+            };
+            if change_bytes > self.body_limit {
+                return Err(MilterError::ChangesTooBig(self.body_limit));
+            }
             let needs = match &reply {
                 Reply::AddHeader { .. } | Reply::InsertHeader { .. } => action::ADDHDRS,
                 Reply::ChangeHeader { .. } => action::CHGHDRS,

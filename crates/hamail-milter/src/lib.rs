@@ -61,6 +61,8 @@ pub enum MilterError {
     Protocol { what: &'static str, reason: String },
     #[error("body replacement larger than the message size limit ({0} bytes)")]
     ReplacementTooBig(usize),
+    #[error("header and recipient changes larger than the message size limit ({0} bytes)")]
+    ChangesTooBig(usize),
 }
 
 /// `30 s`, or `500 ms` below a second.

@@ -19,7 +19,6 @@ pub struct Message {
 /// A header or body change, as the milter gave it (`value` as it will stand
 /// after the colon, with CRLF line ends).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum HeaderChange {
     /// `smfi_addheader`: at the end of the headers.
     Add { name: String, value: Vec<u8> },

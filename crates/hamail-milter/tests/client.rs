@@ -407,6 +407,21 @@ async fn a_body_replacement_above_the_limit_fails() {
 }
 
 #[tokio::test]
+async fn endless_header_additions_are_bounded() {
+    let mut eom = Vec::new();
+    for _ in 0..100 {
+        eom.extend(pkt(
+            b'h',
+            &[&b"X-Flood\0"[..], &vec![b'f'; 4000], b"\0"].concat(),
+        ));
+    }
+    eom.extend(pkt(b'c', b""));
+    let (addr, _) = milter(continuing(eom)).await;
+    let e = run_with(&addr, MESSAGE, 100_000).await.unwrap_err();
+    assert!(matches!(e, MilterError::ChangesTooBig(100_000)), "{e}");
+}
+
+#[tokio::test]
 async fn hostile_and_broken_milters_fail_with_a_reason() {
     // (script at end of message, what the error says)
     let cases: Vec<(Act, &str)> = vec![

@@ -160,6 +160,13 @@ pub struct Settings {
     pub role: Role,
     /// SMTP AUTH: offered when set (always on submission listeners).
     pub auth: Option<std::sync::Arc<AuthService>>,
+    /// Milters run at the end of DATA, in order (`smtpd_milters`).
+    pub milters: Vec<hamail_milter::MilterAddress>,
+    /// What a message gets when a milter fails (`milter_default_action`).
+    pub milter_default_action: hamail_milter::DefaultAction,
+    /// `milter_connect_timeout`, `milter_command_timeout`,
+    /// `milter_content_timeout`.
+    pub milter_timeouts: hamail_milter::Timeouts,
     /// `content_filter`: where messages taken on this listener are
     /// delivered instead of to their recipients (marked on the queue entry
     /// at accept time). Never set on a `Role::Reinject` listener.
@@ -186,6 +193,9 @@ impl Settings {
             tls: None,
             role: Role::Mx,
             auth: None,
+            milters: Vec::new(),
+            milter_default_action: hamail_milter::DefaultAction::Tempfail,
+            milter_timeouts: hamail_milter::Timeouts::default(),
             content_filter: None,
         }
     }

@@ -456,6 +456,17 @@ fn settings(cfg: &Config, data_dir: &Path) -> anyhow::Result<Settings> {
     out.smtpd_max_connections = s.smtpd_max_connections;
     out.smtpd_hard_error_limit = s.smtpd_hard_error_limit;
     out.mynetworks = s.networks();
+    out.milters = s.milter_addresses();
+    out.milter_default_action = match s.milter_default_action {
+        hamail_config::MilterDefaultAction::Tempfail => hamail_milter::DefaultAction::Tempfail,
+        hamail_config::MilterDefaultAction::Accept => hamail_milter::DefaultAction::Accept,
+        hamail_config::MilterDefaultAction::Reject => hamail_milter::DefaultAction::Reject,
+    };
+    out.milter_timeouts = hamail_milter::Timeouts {
+        connect: Duration::from_secs(s.milter_connect_timeout_secs),
+        command: Duration::from_secs(s.milter_command_timeout_secs),
+        content: Duration::from_secs(s.milter_content_timeout_secs),
+    };
     if s.tls {
         let (cert, key) = if s.smtpd_tls_cert_file.is_empty() {
             let dir = data_dir.join("smtp-tls");

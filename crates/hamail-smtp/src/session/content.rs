@@ -50,6 +50,11 @@ impl<B: Backend> Session<B> {
             Disposition::Queue => {}
             other => return other,
         }
+        // Milters last: they see the message as the checks left it.
+        match self.milters(queue_id, pending).await {
+            Disposition::Queue => {}
+            other => return other,
+        }
         Disposition::Queue
     }
 }

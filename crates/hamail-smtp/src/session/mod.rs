@@ -13,6 +13,7 @@ mod checks;
 mod conn;
 mod content;
 mod envelope;
+mod milter;
 mod reinject;
 mod starttls;
 
