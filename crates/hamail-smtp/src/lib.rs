@@ -11,8 +11,10 @@
 //!   per session
 //! - `session/`: one SMTP session by phase (`conn.rs` socket IO,
 //!   `envelope.rs` HELO/MAIL/RCPT, `auth.rs` the AUTH exchange, `body.rs`
-//!   DATA/BDAT and the 250 after the commit, `starttls.rs`, `reinject.rs`
-//!   the re-injection listener's rules), over `data.rs`
+//!   DATA/BDAT and the 250 after the commit, `content.rs` the content
+//!   stages at the end of DATA (`checks.rs` header/body checks, `milter.rs`
+//!   milters through hamail-milter), `starttls.rs`, `reinject.rs` the
+//!   re-injection listener's rules), over `data.rs`
 //!   (pure body readers), `policy.rs` (recipient checks, aliases, sender
 //!   ownership), `auth.rs` (where passwords are checked, the brute-force
 //!   limiter) and `headers.rs`
