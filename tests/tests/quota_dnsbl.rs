@@ -9,13 +9,14 @@ use std::path::Path;
 use std::process::Command;
 
 use hamail_tests::smtp::SmtpClient;
-use hamail_tests::{Node, form_cluster, stderr, wait_for};
+use hamail_tests::{Node, form_cluster, form_cluster_with, stderr, wait_for};
 
 /// Cluster RPC ports of this file's one-node clusters (DNS +1000, SMTP
 /// +2000, submission +3000 and +4000).
 const PORT_BOUNCE: u16 = 18560;
 const PORT_DEFER: u16 = 18562;
 const PORT_SIZE: u16 = 18564;
+const PORT_DNSBL: u16 = 18566;
 
 fn swaks(args: &[&str]) -> std::process::Output {
     Command::new("swaks")
@@ -361,4 +362,109 @@ fn a_domain_size_limit_refuses_at_rcpt_and_at_the_end_of_data_and_queues_nothing
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// swaks from a given loopback address; its output.
+fn swaks_from(src: &str, smtp: &str, to: &str) -> (bool, String) {
+    let out = swaks(&[
+        "--server",
+        smtp,
+        "--local-interface",
+        src,
+        "--from",
+        "sender@client.example",
+        "--to",
+        to,
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[test]
+fn a_client_listed_in_a_dnsbl_is_refused_with_the_list_s_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dns = Node::dns_port(PORT_DNSBL);
+    // The node resolves through its own DNS, which serves the lists. The
+    // first list is not served at all (REFUSED: no answer), the second
+    // answers 127.0.0.1 for 127.0.0.3, outside its filter.
+    let extra = format!("\n[delivery]\nresolver = \"127.0.0.11:{dns}\"\n");
+    let mut nodes = form_cluster_with(d, PORT_DNSBL, 1, &extra, |_, _, text| {
+        *text = text.replacen(
+            "[smtp]\n",
+            "[smtp]\ndnsbl = [\"down.example.test\", \"bl.example.test=127.0.0.[2..11]\", \"zen.example.test\"]\n",
+            1,
+        );
+    });
+    let node = nodes.remove(0);
+    let smtp = Node::smtp_addr(1, PORT_DNSBL);
+    node.ok(&["zone", "add", "zen.example.test"]);
+    node.ok(&[
+        "record",
+        "add",
+        "zen.example.test",
+        "2.0.0.127 60 IN A 127.0.0.2",
+    ]);
+    node.ok(&[
+        "record",
+        "add",
+        "zen.example.test",
+        "2.0.0.127 60 IN TXT \"Listed by zen, see https://zen.example.test/?127.0.0.2\"",
+    ]);
+    node.ok(&["zone", "add", "bl.example.test"]);
+    node.ok(&[
+        "record",
+        "add",
+        "bl.example.test",
+        "3.0.0.127 60 IN A 127.0.0.1",
+    ]);
+    node.ok(&["domain", "add", "example.jp", "--kind", "local"]);
+    node.ok(&[
+        "transport",
+        "set",
+        "example.jp",
+        &format!("maildir:{}", d.join("mail").display()),
+    ]);
+    node.ok(&["recipient", "add", "box@example.jp"]);
+
+    let (ok, text) = swaks_from("127.0.0.2", &smtp, "box@example.jp");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "<** 554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.example.test; Listed by zen, see https://zen.example.test/?127.0.0.2"
+        ),
+        "{text}"
+    );
+    // Not listed (NXDOMAIN in zen, an answer outside bl's filter): accepted.
+    let (ok, text) = swaks_from("127.0.0.3", &smtp, "box@example.jp");
+    assert!(ok, "{text}");
+    // mynetworks is never looked up.
+    let (ok, text) = swaks_from("127.0.0.1", &smtp, "box@example.jp");
+    assert!(ok, "{text}");
+    // Asked again: the same answer (from the cache).
+    let (ok, text) = swaks_from("127.0.0.2", &smtp, "box@example.jp");
+    assert!(
+        !ok && text.contains("blocked using zen.example.test"),
+        "{text}"
+    );
+    // An unknown recipient is refused as unknown first (Postfix's order).
+    let (ok, text) = swaks_from("127.0.0.2", &smtp, "nobody@example.jp");
+    assert!(!ok && text.contains("<** 550 5.1.1"), "{text}");
+
+    let log = node.log_text();
+    assert!(
+        log.contains("NOQUEUE: reject: RCPT from")
+            && log.contains("554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.example.test;"),
+        "{log}"
+    );
+    assert!(
+        log.contains("DNSBL lookup failed") && log.contains("down.example.test"),
+        "a list without an answer is logged: {log}"
+    );
+    wait_for("the accepted mail delivered", || {
+        node.queue().is_empty().then_some(())
+    });
+    assert_eq!(maildir(&d.join("mail/example.jp/box")).len(), 2);
 }

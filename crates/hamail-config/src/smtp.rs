@@ -77,6 +77,13 @@ pub struct SmtpSection {
     pub auth_cache_ttl_secs: u64,
     /// Password checks run at once, off the async runtime. 0: one per core.
     pub auth_workers: usize,
+    /// DNS blocklists checked at RCPT for clients outside `mynetworks`
+    /// that have not authenticated (Postfix's `reject_rbl_client`):
+    /// `"zen.spamhaus.org"`, or with the answers that count,
+    /// `"bl.example=127.0.0.2"` / `"bl.example=127.0.0.[2..11]"`. Looked up
+    /// through `[delivery] resolver`; answers are cached for their TTL.
+    /// Empty: none.
+    pub dnsbl: Vec<String>,
     /// Milters run on every message at the end of DATA, in order, each
     /// seeing the previous one's changes (Postfix's `smtpd_milters`):
     /// `inet:HOST:PORT` or `unix:/path`, e.g. rspamd's
@@ -171,6 +178,7 @@ impl Default for SmtpSection {
             smtpd_sasl_authenticated_header: false,
             auth_cache_ttl_secs: 60,
             auth_workers: 0,
+            dnsbl: Vec::new(),
             milters: Vec::new(),
             milter_default_action: MilterDefaultAction::Tempfail,
             milter_connect_timeout_secs: 30,
@@ -224,6 +232,12 @@ impl SmtpSection {
             }
         }
         Ok(())
+    }
+
+    /// `dnsbl` parsed (validated at load, so this cannot fail on a loaded
+    /// config).
+    pub fn dnsbl_sites(&self) -> Vec<hamail_types::DnsblSite> {
+        self.dnsbl.iter().filter_map(|d| d.parse().ok()).collect()
     }
 
     /// `mynetworks` as networks (validated at load, so this cannot fail on a
@@ -325,6 +339,10 @@ impl SmtpSection {
         }
         for n in &m.mynetworks {
             parse_network(n).map_err(|e| Invalid::new("smtp.mynetworks", e))?;
+        }
+        for d in &m.dnsbl {
+            d.parse::<hamail_types::DnsblSite>()
+                .map_err(|e| Invalid::new("smtp.dnsbl", e.to_string()))?;
         }
         if !m.hostname.is_empty() && hamail_types::DomainName::parse(&m.hostname).is_err() {
             return Err(Invalid::new(

@@ -17,11 +17,12 @@
 //!   re-injection listener's rules), over `data.rs`
 //!   (pure body readers), `policy.rs` (recipient checks, aliases, sender
 //!   ownership), `auth.rs` (where passwords are checked, the brute-force
-//!   limiter) and `headers.rs`
+//!   limiter), `dnsbl.rs` (blocklist lookups at RCPT) and `headers.rs`
 //! - `outbound/`: delivery of queued mail, by role (see its `mod.rs`)
 
 mod auth;
 mod data;
+pub mod dnsbl;
 mod headers;
 pub mod outbound;
 mod policy;
@@ -162,6 +163,9 @@ pub struct Settings {
     pub role: Role,
     /// SMTP AUTH: offered when set (always on submission listeners).
     pub auth: Option<std::sync::Arc<AuthService>>,
+    /// DNS blocklists checked at RCPT (`reject_rbl_client`) for clients
+    /// outside mynetworks that have not authenticated.
+    pub dnsbl: Option<std::sync::Arc<dnsbl::Dnsbl>>,
     /// Milters run at the end of DATA, in order (`smtpd_milters`).
     pub milters: Vec<hamail_milter::MilterAddress>,
     /// What a message gets when a milter fails (`milter_default_action`).
@@ -195,6 +199,7 @@ impl Settings {
             tls: None,
             role: Role::Mx,
             auth: None,
+            dnsbl: None,
             milters: Vec::new(),
             milter_default_action: hamail_milter::DefaultAction::Tempfail,
             milter_timeouts: hamail_milter::Timeouts::default(),

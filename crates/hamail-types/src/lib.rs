@@ -4,6 +4,7 @@
 
 mod address;
 pub mod command;
+mod dnsbl;
 mod domain;
 mod map;
 pub mod queue;
@@ -15,6 +16,7 @@ pub mod zone;
 
 pub use address::MailAddress;
 pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, Outcome};
+pub use dnsbl::{AnswerFilter, DnsblSite};
 pub use domain::DomainName;
 /// Which content-check table (header_checks or body_checks).
 pub use hamail_checks::CheckKind;
@@ -50,4 +52,6 @@ pub enum TypesError {
     Command(String),
     #[error("invalid size {input:?}: {reason}")]
     Size { input: String, reason: String },
+    #[error("invalid DNSBL {input:?}: {reason}")]
+    Dnsbl { input: String, reason: String },
 }

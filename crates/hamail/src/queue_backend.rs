@@ -301,15 +301,12 @@ impl QueueStore for ClusterBackend {
     }
 }
 
-/// The queue manager's settings from `[delivery]` (and the SMTP host name).
-pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
-    let d = &cfg.delivery;
-    let hostname = if cfg.smtp.hostname.is_empty() {
-        cfg.node.name.clone()
-    } else {
-        cfg.smtp.hostname.clone()
-    };
-    let resolver = if d.resolver.is_empty() {
+/// The node's resolver (`[delivery] resolver`, else the system's): MX
+/// and address lookups for delivery, DNSBL lookups for the smtpd.
+pub fn resolver(
+    d: &hamail_config::DeliverySection,
+) -> anyhow::Result<hickory_resolver::TokioResolver> {
+    Ok(if d.resolver.is_empty() {
         hickory_resolver::TokioResolver::builder_tokio()
             .context("cannot read the system resolver configuration (delivery.resolver)")?
             .build()
@@ -327,10 +324,22 @@ pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
             hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
         );
         // Tests and operators change MX records and expect the next try to
-        // see them: keep answers briefly.
+        // see them: keep answers briefly (the DNSBL check keeps its own
+        // cache, by TTL).
         b.options_mut().cache_size = 0;
         b.build().context("cannot start the resolver")?
+    })
+}
+
+/// The queue manager's settings from `[delivery]` (and the SMTP host name).
+pub fn delivery_settings(cfg: &Config) -> anyhow::Result<DeliverySettings> {
+    let d = &cfg.delivery;
+    let hostname = if cfg.smtp.hostname.is_empty() {
+        cfg.node.name.clone()
+    } else {
+        cfg.smtp.hostname.clone()
     };
+    let resolver = resolver(d)?;
     let (tls_any, tls_verify) =
         hamail_smtp::outbound::tls_client::client_configs(&d.smtp_tls_ca_file)?;
     let sasl_passwords = if d.smtp_sasl_password_maps.is_empty() {
@@ -456,6 +465,11 @@ fn settings(cfg: &Config, data_dir: &Path) -> anyhow::Result<Settings> {
     out.smtpd_max_connections = s.smtpd_max_connections;
     out.smtpd_hard_error_limit = s.smtpd_hard_error_limit;
     out.mynetworks = s.networks();
+    let lists = s.dnsbl_sites();
+    if !lists.is_empty() {
+        let resolver = resolver(&cfg.delivery).context("smtp.dnsbl")?;
+        out.dnsbl = Some(Arc::new(hamail_smtp::dnsbl::Dnsbl::new(resolver, lists)));
+    }
     out.milters = s.milter_addresses();
     out.milter_default_action = match s.milter_default_action {
         hamail_config::MilterDefaultAction::Tempfail => hamail_milter::DefaultAction::Tempfail,

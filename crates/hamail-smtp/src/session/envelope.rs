@@ -143,7 +143,43 @@ impl<B: Backend> Session<B> {
         Flow::Continue
     }
 
-    pub(super) fn rcpt(&mut self, line: &[u8], address: Cow<'_, str>) -> Flow {
+    /// The client's listing in a DNSBL, looked up only when it matters:
+    /// a transaction is open and the client is neither in mynetworks nor
+    /// authenticated (`permit_mynetworks, permit_sasl_authenticated` come
+    /// first in Postfix's restrictions).
+    /// The future owns what it needs: the session is not held across the
+    /// lookup.
+    pub(super) fn dnsbl_listing(
+        &self,
+    ) -> impl std::future::Future<Output = Option<crate::dnsbl::Listing>> + Send + 'static {
+        let ask = self
+            .settings
+            .dnsbl
+            .clone()
+            .filter(|lists| {
+                !lists.is_empty()
+                    && self.txn.is_some()
+                    && !self.trusted
+                    && self.authenticated.is_none()
+            })
+            .map(|lists| (lists, self.peer.ip()));
+        async move {
+            match ask {
+                Some((lists, ip)) => lists.listed(ip).await,
+                None => None,
+            }
+        }
+    }
+
+    /// `listed`: the client's DNSBL listing, looked up by the caller (see
+    /// `dnsbl_listing`), refused after the recipient checks as Postfix's
+    /// `reject_unauth_destination, reject_rbl_client` order does.
+    pub(super) fn rcpt(
+        &mut self,
+        line: &[u8],
+        address: Cow<'_, str>,
+        listed: Option<crate::dnsbl::Listing>,
+    ) -> Flow {
         let Some(txn) = &self.txn else {
             return self.error("503 5.5.1 Error: need MAIL command");
         };
@@ -213,6 +249,10 @@ impl<B: Backend> Session<B> {
                     format!("451 4.3.0 <{shown}>: Temporary lookup failure"),
                 );
             }
+        }
+        if let Some(l) = listed {
+            let text = l.reply(self.peer.ip());
+            return reject(self, text);
         }
         // A domain's own size limit (Postfix has one per transport; ours is
         // per domain): a declared SIZE above it is refused here, the

@@ -344,7 +344,8 @@ impl<B: Backend> Session<B> {
             }
             Request::Rcpt { to } => {
                 self.counts.rcpt += 1;
-                return Ok(self.rcpt(&line, to.address));
+                let listed = self.dnsbl_listing().await;
+                return Ok(self.rcpt(&line, to.address, listed));
             }
             Request::Data => {
                 self.counts.data += 1;
