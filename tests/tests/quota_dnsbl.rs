@@ -428,6 +428,20 @@ fn a_client_listed_in_a_dnsbl_is_refused_with_the_list_s_text() {
         &format!("maildir:{}", d.join("mail").display()),
     ]);
     node.ok(&["recipient", "add", "box@example.jp"]);
+    // DNS rebuilds its zones after the edits are applied: wait until it
+    // serves the last record of each list.
+    for (name, rtype) in [
+        ("2.0.0.127.zen.example.test", "TXT"),
+        ("3.0.0.127.bl.example.test", "A"),
+    ] {
+        wait_for("the lists served by our DNS", || {
+            let out = Command::new("dig")
+                .args(["@127.0.0.11", "-p", &dns.to_string(), "+short", name, rtype])
+                .output()
+                .ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        });
+    }
 
     let (ok, text) = swaks_from("127.0.0.2", &smtp, "box@example.jp");
     assert!(!ok, "{text}");
