@@ -10,8 +10,9 @@ It takes each message by SMTP (or LMTP with --lmtp), adds the header
 MTA's re-injection listener (--reinject; given more than once, the first
 that takes the message, as for a cluster). Like amavis it answers the end of
 DATA only after the re-injection: 250 with the MTA's own reply
-("250 2.0.0 from MTA(smtp:[HOST]:PORT): 250 2.0.0 Ok: queued as ID"), or
-451 when the MTA did not take it.
+("250 2.0.0 from MTA(smtp:[HOST]:PORT): 250 2.0.0 Ok: queued as ID"), the
+MTA's 5xx likewise when it refused the message for good, or 451 when it
+could not be reached or answered 4xx.
 
 Modes (--mode), for the failure cases:
     pass      filter and re-inject (the default)
@@ -63,7 +64,9 @@ def reinject(target, sender, recipients, message):
             options.append("BODY=8BITMIME")
         if not all(a.isascii() for a in [sender, *recipients]) and s.has_extn("smtputf8"):
             options.append("SMTPUTF8")
-        s.mail(sender, options)
+        code, text = s.mail(sender, options)
+        if code >= 400:
+            raise smtplib.SMTPSenderRefused(code, text, sender)
         for r in recipients:
             code, text = s.rcpt(r)
             if code >= 400:
@@ -180,15 +183,24 @@ class Session:
         message = b"X-Filtered: yes\r\n" + body
         failure = "no re-injection target"
         for target in self.args.reinject:
+            host, port = target
             try:
                 answer = await asyncio.to_thread(
                     reinject, target, self.sender, self.recipients, message)
+            except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused) as e:
+                code, text = (e.smtp_code, e.smtp_error) if isinstance(
+                    e, smtplib.SMTPResponseException) else next(iter(e.recipients.values()))
+                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+                log(f"re-injection into {target} refused {who}: {code} {text}")
+                if code >= 500:
+                    return f"554 5.6.0 from MTA(smtp:[{host}]:{port}): {code} {text}"
+                failure = f"{code} {text}"[:200]
+                continue
             except (smtplib.SMTPException, OSError) as e:
                 log(f"re-injection into {target} failed {who}: {e}")
                 failure = str(e)[:200]
                 continue
             log(f"passed {who}: {answer}")
-            host, port = target
             return f"250 2.0.0 from MTA(smtp:[{host}]:{port}): {answer}"
         return f"451 4.6.0 re-injection failed: {failure}"
 

@@ -492,6 +492,47 @@ fn an_lmtp_filter_takes_all_recipients_in_one_transaction_and_a_stuck_one_defers
     assert!(sink.find("filter-drops").is_none());
 }
 
+/// A filter that re-injects into the MX instead of the re-injection
+/// listener (a misconfiguration): each pass is marked for the filter again,
+/// until the message carries 50 Received headers and the MX refuses it
+/// (554 5.4.0 too many hops, Postfix's hopcount_limit); the filter passes
+/// the 5xx on and the last copy bounces. The loop ends, nothing is
+/// delivered around the filter.
+#[test]
+fn a_filter_that_reinjects_into_the_mx_ends_at_the_hop_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut node = Node::with_config_extra(
+        d,
+        "[smtp]\nlisten = [\"127.0.0.1:18557\"]\ncontent_filter = \"smtp:[127.0.0.1]:18558\"\n\n\
+         [delivery]\nresolver = \"127.0.0.1:9\"\n",
+    );
+    node.start();
+    node.ok(&["domain", "add", "example.jp", "--kind", "relay"]);
+    node.ok(&["recipient", "add", "user@example.jp"]);
+    node.ok(&["transport", "set", "example.jp", "smtp:[127.0.0.39]:18559"]);
+    let sink = Sink::start("127.0.0.39:18559", d);
+    let _filter = Filter::start("127.0.0.1:18558", &["127.0.0.1:18557".to_string()], &[]);
+    send("127.0.0.1:18557", &["user@example.jp"], "looping");
+    wait_for("the loop to end in a bounce", || {
+        let log = node.log_text();
+        let queue = node.queue();
+        (log.contains("too many hops")
+            && log.contains("status=bounced")
+            && log.contains("554 5.4.0 Error: too many hops")
+            && !queue.is_empty()
+            && queue.iter().all(|e| e["sender"].is_null()))
+        .then_some(())
+    });
+    let log = node.log_text();
+    let passes = log.matches("relay=127.0.0.1[127.0.0.1]:18558").count();
+    assert_eq!(passes, 49, "one pass per hop below the limit");
+    assert!(
+        sink.find("looping").is_none(),
+        "nothing delivered around the filter"
+    );
+}
+
 /// A content filter Postfix's way but with a transport hamail does not
 /// have, or pointing at our own MX, is refused at start with the key named.
 #[test]

@@ -153,9 +153,44 @@ pub fn message_id(body: &[u8]) -> Option<String> {
     None
 }
 
+/// Postfix's `hopcount_limit`: a message with this many `Received:` and
+/// `Delivered-To:` headers (ours included) is in a mail loop — a content
+/// filter re-injecting into the MX, two hosts relaying to each other.
+pub const HOPCOUNT_LIMIT: usize = 50;
+
+/// The hop count of a message: its `Received:` and `Delivered-To:` headers
+/// (the header section only).
+pub fn hop_count(message: &[u8]) -> usize {
+    let mut n = 0;
+    for line in message.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii_end();
+        if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"delivered-to") {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_count_is_received_and_delivered_to_headers_of_the_header_section() {
+        let m =
+            b"Received: from a\r\n\tby b; x\r\nreceived : from c\r\nDelivered-To: u@example.jp\r\n\
+                  Subject: Received: no\r\nX-Received: no\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(hop_count(m), 3);
+        assert_eq!(hop_count(b""), 0);
+        assert_eq!(hop_count(b"Received: x"), 1);
+    }
 
     #[test]
     fn dates_are_rfc5322() {

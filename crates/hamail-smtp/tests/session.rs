@@ -703,3 +703,23 @@ async fn the_content_filter_mark_and_the_reinjection_listener() {
     );
     assert!(fake.queued.lock().unwrap().is_empty());
 }
+
+/// A message that has passed 49 hosts gets our Received header as its 50th
+/// and is refused (Postfix's hopcount_limit): a content filter re-injecting
+/// into the MX ends there instead of looping for ever.
+#[tokio::test]
+async fn a_message_in_a_mail_loop_is_refused_at_the_hop_limit() {
+    for (hops, want) in [(48, "250"), (49, "554 5.4.0 Error: too many hops")] {
+        let fake = Arc::new(Fake::default());
+        let mut c = start(fake.clone());
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        c.cmd("MAIL FROM:<a@client.test>").await;
+        c.cmd("RCPT TO:<user@example.jp>").await;
+        c.cmd("DATA").await;
+        let received = "Received: from a by b; x\r\n".repeat(hops);
+        let r = c.cmd(&format!("{received}Subject: x\r\n\r\nx\r\n.")).await;
+        assert!(r.starts_with(want), "{hops} hops: {r}");
+        assert_eq!(fake.queued.lock().unwrap().len(), usize::from(hops == 48));
+    }
+}

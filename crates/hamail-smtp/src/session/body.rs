@@ -154,6 +154,14 @@ impl<B: Backend> Session<B> {
             tracing::info!(target: "postfix/cleanup", "{queue_id}: reject: message size {} exceeds the limit {limit} of a recipient's domain", body.len());
             return Ok(self.error("552 5.3.4 Message size exceeds fixed limit"));
         }
+        // A mail loop (e.g. a content filter re-injecting into the MX, where
+        // the message is marked for the filter again): with our Received
+        // header it would reach Postfix's hopcount_limit.
+        let hops = crate::headers::hop_count(&body) + 1;
+        if hops >= crate::headers::HOPCOUNT_LIMIT {
+            tracing::info!(target: "postfix/cleanup", "{queue_id}: reject: {hops} Received/Delivered-To headers: too many hops (mail loop?)");
+            return Ok(self.error("554 5.4.0 Error: too many hops"));
+        }
         let now = unix_now();
         // RFC 3848 (and 6531): S for TLS, A for an authenticated client.
         let base = match (txn.smtputf8, self.esmtp) {
