@@ -13,6 +13,8 @@
 #                      (`hamail transport set`); empty: none
 #   hamail_extra_config  lines appended to every node's hamail.toml
 #   hamail_smtp_extra    lines added to every node's [smtp] section
+#   hamail_header_checks a Postfix regexp table hamail_mail_setup imports
+#                        (`hamail checks import header`); empty: none
 # then calls mta_prepare (packages, binary, work dir, cleanup trap).
 #
 # Addresses, the same for both scripts (never run two at once): Postfix on
@@ -45,6 +47,7 @@ election_timeout_min_ms = 300
 election_timeout_max_ms = 600}"
 hamail_dns_port="${hamail_dns_port:-0}"
 hamail_smtp_extra="${hamail_smtp_extra:-}"
+hamail_header_checks="${hamail_header_checks:-}"
 hamail_advertise_port="${hamail_advertise_port:-}"
 run_postfix() { [ "$only" != hamail ]; }
 run_hamail() { [ "$only" != postfix ]; }
@@ -350,6 +353,7 @@ hamail_wait_recipient() { hamail_poll "$1" "\"$rcpt\"" "never saw $rcpt" recipie
 hamail_mail_setup() {
     hcli "$1/hamail.toml" domain add bench.example --kind relay >/dev/null
     [ -z "$hamail_transport" ] || hcli "$1/hamail.toml" transport set bench.example "$hamail_transport" >/dev/null
+    [ -z "$hamail_header_checks" ] || hcli "$1/hamail.toml" checks import header "$hamail_header_checks" >/dev/null
     hcli "$1/hamail.toml" recipient add "$rcpt" >/dev/null
 }
 

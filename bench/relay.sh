@@ -13,6 +13,14 @@
 #   DELIVER_WAIT=600     seconds to wait, after the load ends, for the sink
 #                        to have every message; past that the run is
 #                        reported INCOMPLETE with the count reached
+#   POLICY=1             content policy on both MTAs (issue 15's speed goal):
+#                        a header_checks table of RULES (default 1000)
+#                        regexp rules that match no message of the load, and
+#                        one milter, tests/support/test_milter.py (pymilter
+#                        over the real libmilter), which adds a header to
+#                        every message. Postfix: header_checks =
+#                        regexp:FILE, smtpd_milters; hamail: `hamail checks
+#                        import header FILE` (replicated) and [smtp] milters.
 # Exit status 0 when every run delivered everything, 1 when one did not.
 #
 # The final destination is smtp-sink (from the postfix package) on
@@ -36,8 +44,63 @@ hamail_transport="smtp:[$sink_addr]:$sink_port"
 
 deliver_wait="${DELIVER_WAIT:-600}"
 case "$deliver_wait" in "" | *[!0-9]*) echo "$bench: DELIVER_WAIT must be a number of seconds" >&2; exit 2 ;; esac
+policy="${POLICY:-}"
+case "$policy" in "" | 0 | 1) ;; *) echo "$bench: POLICY must be 1 (content policy on) or 0" >&2; exit 2 ;; esac
+[ "$policy" != 0 ] || policy=""
+rules="${RULES:-1000}"
+case "$rules" in "" | *[!0-9]* | 0) echo "$bench: RULES must be a positive number of rules" >&2; exit 2 ;; esac
+milter_port=18590
+if [ -n "$policy" ]; then
+    hamail_smtp_extra="milters = [\"inet:127.0.0.1:$milter_port\"]
+milter_default_action = \"tempfail\""
+fi
 
 mta_prepare
+
+# ---------------------------------------------------------------- content policy
+# The header_checks table both MTAs load: RULES rules over the headers a
+# message of smtp-source has (From, To, Subject, Date, Message-Id) and
+# others, each with a distinct pattern, none matching the load (its Subject
+# is "test"), so every rule is tried on every header of every message. A mix
+# of actions, as a real table has.
+policy_table() {
+    local f="$work/header_checks" i
+    : > "$f"
+    for ((i = 1; i <= rules; i++)); do
+        case $((i % 5)) in
+            0) echo "/^Subject:.*cheap-pills-$i\$/ REJECT Spam rule $i" ;;
+            1) echo "/^From:.*@spam-$i\\.example>?\$/ REJECT Sender rule $i" ;;
+            2) echo "/^X-Mailer: bulk-mailer-$i( |\$)/ DISCARD" ;;
+            3) echo "/^Content-Type:.*name=\"?[^\"]*\\.(exe|scr)-$i\"?/ REJECT Attachment rule $i" ;;
+            4) echo "/^Received: from unknown-$i\\b/ WARN rule $i" ;;
+        esac
+    done >> "$f"
+    chmod 644 "$f"
+}
+
+# The milter, for the whole run (both MTAs, one after the other): pymilter's
+# libmilter, one thread per connection.
+milter_start() {
+    local i
+    /usr/bin/python3 -c 'import Milter' 2>/dev/null || apt_get python3-milter
+    timeout 7200 /usr/bin/python3 "$here/tests/support/test_milter.py" bench "inet:$milter_port@127.0.0.1" \
+        >"$work/milter.log" 2>&1 &
+    helper_pids+=("$!")
+    for i in $(seq 1 100); do
+        timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$milter_port" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$bench: the test milter does not listen on 127.0.0.1:$milter_port" >&2
+    cat "$work/milter.log" >&2
+    exit 1
+}
+
+if [ -n "$policy" ]; then
+    policy_table
+    milter_start
+    # hamail_mail_setup imports it on the node that sets mail up.
+    hamail_header_checks="$work/header_checks"
+fi
 
 declare -A complete   # name -> "K/2" runs that delivered everything
 declare -A reached    # name -> most messages delivered in an incomplete run
@@ -133,7 +196,12 @@ bench_postfix() {
     # Mail leaves: no defer_transports. bench.example goes by the smtp
     # transport straight to the sink (no MX lookup for a [literal]), at the
     # default concurrency (default_destination_concurrency_limit, 20).
-    postfix_setup "transport_maps = inline:{ bench.example=smtp:[$sink_addr]:$sink_port }"
+    local extra="transport_maps = inline:{ bench.example=smtp:[$sink_addr]:$sink_port }"
+    [ -z "$policy" ] || extra="$extra
+header_checks = regexp:$work/header_checks
+smtpd_milters = inet:127.0.0.1:$milter_port
+milter_default_action = tempfail"
+    postfix_setup "$extra"
     relay_runs postfix postfix_empty_queue postfix_queued "$pf_addr:$smtp_port"
 }
 
@@ -161,6 +229,7 @@ bench_hamail_cluster() {
 
 # ---------------------------------------------------------------- run
 echo "bench/relay: smtp-source -s $sessions -m $msgs -l $size -> MTA -> smtp-sink $sink_addr:$sink_port, best of 2; delivery wait ${deliver_wait} s; $(nproc) cores"
+[ -z "$policy" ] || echo "bench/relay: content policy on both MTAs: header_checks of $rules rules, one milter (test_milter.py on 127.0.0.1:$milter_port)"
 mta_run_all
 
 echo

@@ -326,9 +326,12 @@ fn unusable_data_dir_and_busy_port_are_named() {
     let sub = dir.path().join("n");
     std::fs::create_dir(&sub).unwrap();
     let cfg = write_config(&sub, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("127.0.0.1:0", &addr.to_string());
+    // Only the metrics listener takes the busy port: every listener would
+    // be refused first as named twice.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[metrics]\nlisten = \"127.0.0.1:0\"",
+        &format!("[metrics]\nlisten = \"{addr}\""),
+    );
     std::fs::write(&cfg, text).unwrap();
     let out = std::process::Command::new(hamail_tests::hamail_bin())
         .args(["--config", cfg.to_str().unwrap(), "serve"])
