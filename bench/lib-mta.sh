@@ -57,8 +57,8 @@ run_hamail() { [ "$only" != postfix ]; }
 # ---------------------------------------------------------------- packages
 apt_get() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "$@" >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@" >/dev/null 2>&1 \
+        || { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@" >/dev/null; }
 }
 
 mta_packages() {

@@ -4,8 +4,8 @@ apt_install() {
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -q "$@" >/dev/null 2>&1 \
-        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "$@" >/dev/null; }
+    $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@" >/dev/null 2>&1 \
+        || { $sudo apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@" >/dev/null; }
 }
 
 if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then

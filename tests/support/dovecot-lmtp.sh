@@ -66,8 +66,8 @@ install_dovecot() {
         trap 'rm -f "$policy"' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q dovecot-core dovecot-lmtpd >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q dovecot-core dovecot-lmtpd >/dev/null; }
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q dovecot-core dovecot-lmtpd >/dev/null 2>&1 \
+        || { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -q dovecot-core dovecot-lmtpd >/dev/null; }
     if [ -n "$made_policy" ]; then
         rm -f "$policy"
         trap - EXIT

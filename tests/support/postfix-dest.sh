@@ -83,8 +83,8 @@ install_postfix() {
     # is neither configured nor started; only the private instance runs.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q postfix >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q postfix >/dev/null 2>&1 \
+        || { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -q postfix >/dev/null; }
     command -v postfix >/dev/null 2>&1 || die "postfix install failed"
 }
 
