@@ -472,6 +472,39 @@ fn token_via(program: &std::ffi::OsStr, base: &Command) -> String {
 }
 
 /// Output helpers.
+/// Makes sure a tool a test drives is installed: when the shell command
+/// `check` fails (e.g. `command -v swaks`), installs the Debian `package`
+/// (waiting for dpkg's lock: tests running at once may install together).
+pub fn ensure_installed(check: &str, package: &str) {
+    let have = || {
+        Command::new("sh")
+            .args(["-c", check])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return;
+    }
+    let ok = Command::new("apt-get")
+        .args([
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "install",
+            "-y",
+            "-q",
+            package,
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok && have(), "cannot install {package} (for `{check}`)");
+}
+
+/// `ensure_installed` for a program on the PATH.
+pub fn ensure_tool(bin: &str, package: &str) {
+    ensure_installed(&format!("command -v {bin}"), package);
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -32,22 +32,6 @@ const BODY_CHECKS: &str = "\
 /^secret: (.*)$/        REPLACE secret: [removed]
 ";
 
-fn ensure_tool(bin: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cannot install {package}");
-}
-
 /// swaks to node `i`: the whole conversation as it printed it.
 fn swaks(i: u8, from: &str, subject: &str, body: &str) -> (bool, String) {
     let out = Command::new("swaks")
@@ -96,7 +80,7 @@ fn headers(message: &str) -> Vec<&str> {
 
 #[test]
 fn a_postfix_header_checks_file_applies_on_every_node() {
-    ensure_tool("swaks", "swaks");
+    hamail_tests::ensure_tool("swaks", "swaks");
     let dir = tempfile::tempdir().unwrap();
     let mailboxes = dir.path().join("mailboxes");
     let nodes = form_cluster(dir.path(), PORT, 3, "");

@@ -34,26 +34,8 @@ fn support(name: &str) -> PathBuf {
 }
 
 fn ensure_tools() {
-    let have = |cmd: &str| {
-        Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    for (check, package) in [
-        ("command -v swaks", "swaks"),
-        ("/usr/bin/python3 -c 'import Milter'", "python3-milter"),
-    ] {
-        if have(check) {
-            continue;
-        }
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot install {package}");
-    }
+    hamail_tests::ensure_tool("swaks", "swaks");
+    hamail_tests::ensure_installed("/usr/bin/python3 -c 'import Milter'", "python3-milter");
 }
 
 /// A process killed when the test ends, however it ends.

@@ -29,25 +29,6 @@ fn mx(dir: &Path, port: u16, smtp_extra: &str) -> Node {
     node
 }
 
-fn ensure_tool(bin: &str, package: &str) {
-    if Command::new("which")
-        .arg(bin)
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cannot install {package}");
-}
-
 /// Postfix's test clients (smtp-source), without a system Postfix.
 fn ensure_postfix_tools() {
     if std::path::Path::new("/usr/sbin/smtp-source").exists() {
@@ -64,7 +45,7 @@ fn ensure_postfix_tools() {
         .write_all(b"postfix postfix/main_mailer_type select No configuration\n")
         .unwrap();
     p.wait().unwrap();
-    ensure_tool("smtp-source", "postfix");
+    hamail_tests::ensure_tool("smtp-source", "postfix");
 }
 
 fn session(addr: &str) -> SmtpClient {
@@ -76,7 +57,7 @@ fn session(addr: &str) -> SmtpClient {
 
 #[test]
 fn known_recipients_are_queued_unknown_refused_and_relay_only_from_mynetworks() {
-    ensure_tool("swaks", "swaks");
+    hamail_tests::ensure_tool("swaks", "swaks");
     let dir = tempfile::tempdir().unwrap();
     let node = mx(dir.path(), 19601, "");
     let addr = "127.0.0.1:19601";

@@ -19,22 +19,6 @@ fn support(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn ensure_tool(bin: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cannot install {package}");
-}
-
 fn swaks(args: &[&str]) -> std::process::Output {
     Command::new("swaks")
         .args(["--timeout", "60"])
@@ -53,8 +37,8 @@ fn has_code(reply: &serde_json::Value, code: &str) -> bool {
 
 #[test]
 fn users_submit_through_any_node_and_every_refusal_has_its_code() {
-    ensure_tool("swaks", "swaks");
-    ensure_tool("fail2ban-regex", "fail2ban");
+    hamail_tests::ensure_tool("swaks", "swaks");
+    hamail_tests::ensure_tool("fail2ban-regex", "fail2ban");
     let dir = tempfile::tempdir().unwrap();
     let nodes = form_cluster_with(dir.path(), PORT, 3, "", |_, _, text| {
         *text = text.replacen(
@@ -254,7 +238,7 @@ fn users_submit_through_any_node_and_every_refusal_has_its_code() {
 
 #[test]
 fn a_dovecot_checks_the_passwords_when_configured() {
-    ensure_tool("swaks", "swaks");
+    hamail_tests::ensure_tool("swaks", "swaks");
     let dir = tempfile::tempdir().unwrap();
     let dovecot_dir = dir.path().join("dovecot");
     let start = Command::new("bash")

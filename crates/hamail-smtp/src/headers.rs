@@ -97,15 +97,7 @@ pub fn received_header(t: &Trace<'_>) -> String {
 /// 8.2, 8.3), ready to go before its header section; empty if it has both.
 pub fn missing_headers(body: &[u8], unix_secs: u64, queue_id: &str, hostname: &str) -> String {
     let (mut date, mut mid) = (false, false);
-    for line in body.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii_end();
+    for name in header_names(body) {
         date |= name.eq_ignore_ascii_case(b"date");
         mid |= name.eq_ignore_ascii_case(b"message-id");
     }
@@ -161,21 +153,25 @@ pub const HOPCOUNT_LIMIT: usize = 50;
 /// The hop count of a message: its `Received:` and `Delivered-To:` headers
 /// (the header section only).
 pub fn hop_count(message: &[u8]) -> usize {
-    let mut n = 0;
-    for line in message.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii_end();
-        if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"delivered-to") {
-            n += 1;
-        }
-    }
-    n
+    header_names(message)
+        .filter(|name| {
+            name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"delivered-to")
+        })
+        .count()
+}
+
+/// The names of the header fields of a message's header section (up to the
+/// first empty line), white space before the colon trimmed; continuation
+/// lines and lines without a colon name nothing.
+fn header_names(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    message
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some(line[..colon].trim_ascii_end())
+        })
 }
 
 #[cfg(test)]
