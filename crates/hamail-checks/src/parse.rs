@@ -238,12 +238,22 @@ fn pattern(text: &str) -> Result<(Pattern, &str), String> {
     } else {
         header_name(&syntax, multi)
     };
+    // The same pattern for a RegexSet, its flags written inline (a set
+    // shares one builder): the group cannot change what it matches, the
+    // whole pattern parsed above.
+    let set_syntax = format!(
+        "(?{}{}:{syntax})",
+        if ci { "i" } else { "" },
+        if multi { "m" } else { "" }
+    );
     Ok((
         Pattern {
             source,
             negated,
             regex,
             header_name,
+            set_syntax,
+            set_index: 0,
         },
         rest,
     ))
