@@ -95,6 +95,30 @@ milter_start() {
     exit 1
 }
 
+# Proves the policy is on for an MTA before it is timed: on each target, a
+# message whose Subject one header_checks rule rejects, and one the milter
+# rejects ("reject-code"), must both be refused with 550.
+policy_probe() {
+    local t
+    for t in "$@"; do
+        /usr/bin/python3 - "$t" "$sender" "$rcpt" <<'PY' || { echo "$bench: content policy is not in force on $t" >&2; exit 1; }
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+for subject, who in (("cheap-pills-5", "header_checks"), ("reject-code", "the milter")):
+    msg = f"From: <{sys.argv[2]}>\r\nTo: <{sys.argv[3]}>\r\nSubject: {subject}\r\n\r\nprobe\r\n"
+    with smtplib.SMTP(host, int(port), timeout=60) as s:
+        try:
+            s.sendmail(sys.argv[2], [sys.argv[3]], msg)
+        except smtplib.SMTPDataError as e:
+            if e.smtp_code == 550:
+                continue
+            sys.exit(f"{host}:{port}: {who}: {e.smtp_code} {e.smtp_error!r}")
+        sys.exit(f"{host}:{port}: {who} let the probe through")
+PY
+    done
+    echo "  policy in force on $*: header_checks and the milter each refused their probe"
+}
+
 if [ -n "$policy" ]; then
     policy_table
     milter_start
@@ -149,6 +173,7 @@ relay_runs() {
     shift 3
     total="$(load_total $#)"
     reached[$name]=0
+    [ -z "$policy" ] || policy_probe "$@"
     for run in 1 2; do
         "$reset"
         sink_start
