@@ -109,6 +109,30 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 kind,
                 source: source.into()
             }),
+        (
+            domain.clone(),
+            prop::sample::select(vec!["s1", "s2"]),
+            prop::sample::select(vec!["AAAA", "BBBB"])
+        )
+            .prop_map(|(domain, selector, p)| Command::DkimAdd {
+                domain,
+                keys: vec![hamail_types::DkimKey {
+                    selector: selector.into(),
+                    algorithm: hamail_types::DkimAlgorithm::Ed25519,
+                    private_key: vec![1; 48],
+                    public_key: p.into(),
+                }],
+            }),
+        (
+            domain.clone(),
+            prop::sample::select(vec!["s1", "s2"]),
+            any::<bool>()
+        )
+            .prop_map(|(domain, selector, last)| Command::DkimDel {
+                domain,
+                selector: selector.into(),
+                last,
+            }),
     ]
 }
 
