@@ -92,7 +92,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (addr.clone(), 1u64..5000)
             .prop_map(|(address, bytes)| Command::QuotaSet { address, bytes }),
         addr.prop_map(|address| Command::QuotaDel { address }),
-        (domain, prop::option::of(1u64..5000)).prop_map(|(domain, message_size_limit)| {
+        (domain.clone(), prop::option::of(1u64..5000)).prop_map(|(domain, message_size_limit)| {
             Command::DomainSet {
                 domain,
                 message_size_limit,
@@ -124,7 +124,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 }],
             }),
         (
-            domain.clone(),
+            domain,
             prop::sample::select(vec!["s1", "s2"]),
             any::<bool>()
         )
