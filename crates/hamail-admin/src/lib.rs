@@ -4,6 +4,7 @@
 
 mod checks;
 mod client;
+mod dkim;
 mod limits;
 mod protocol;
 mod server;
@@ -11,6 +12,7 @@ mod users;
 
 pub use checks::{ChecksRuleRow, ChecksTableView, ChecksTestResult};
 pub use client::AdminClient;
+pub use dkim::DkimRow;
 pub use protocol::{
     AdminRequest, AdminResponse, AliasRow, ClusterView, DomainRow, MemberView, QueuedMessage,
     QuotaRow, RecipientRow, SenderRow, StatusInfo, TokenResult, TransportRow, UserRow, WriteResult,

@@ -223,6 +223,25 @@ pub enum AdminRequest {
         kind: hamail_types::CheckKind,
         input: String,
     },
+    /// Generates DKIM keys for one of our domains on this node and
+    /// publishes them in one entry: one RSA-2048 and one Ed25519 key
+    /// (selectors from today's date) unless an algorithm is given.
+    DkimAdd {
+        domain: DomainName,
+        #[serde(default)]
+        selector: Option<String>,
+        #[serde(default)]
+        algorithm: Option<hamail_types::DkimAlgorithm>,
+    },
+    /// Every key: domain, selector, algorithm, record; never the private key.
+    DkimList,
+    /// Removes a key and its record; the last key of a domain only with `last`.
+    DkimDel {
+        domain: DomainName,
+        selector: String,
+        #[serde(default)]
+        last: bool,
+    },
 }
 
 /// One reply line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.

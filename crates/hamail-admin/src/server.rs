@@ -141,7 +141,7 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &AdminResponse) -> st
 
 /// Proposes commands and turns their outcomes into a reply: an error if any
 /// was rejected (a rejected command changed nothing).
-async fn node(ctx: &AdminContext) -> Result<Arc<RaftNode>, AdminResponse> {
+pub(crate) async fn node(ctx: &AdminContext) -> Result<Arc<RaftNode>, AdminResponse> {
     ctx.cluster
         .node()
         .await
@@ -469,6 +469,9 @@ async fn handle(ctx: &AdminContext, req: AdminRequest) -> AdminResponse {
         | AdminRequest::ChecksClear { .. }
         | AdminRequest::ChecksList { .. }
         | AdminRequest::ChecksTest { .. }) => crate::checks::handle(ctx, req).await,
+        req @ (AdminRequest::DkimAdd { .. }
+        | AdminRequest::DkimList
+        | AdminRequest::DkimDel { .. }) => crate::dkim::handle(ctx, req).await,
         AdminRequest::RecipientAdd { address, value } => {
             write(ctx, vec![Command::RecipientAdd { address, value }]).await
         }

@@ -13,7 +13,8 @@
 //!   `envelope.rs` HELO/MAIL/RCPT, `auth.rs` the AUTH exchange, `body.rs`
 //!   DATA/BDAT and the 250 after the commit, `content.rs` the content
 //!   stages at the end of DATA (`checks.rs` header/body checks, `milter.rs`
-//!   milters through hamail-milter), `starttls.rs`, `reinject.rs` the
+//!   milters through hamail-milter, `dkim.rs` DKIM signing through
+//!   hamail-dkim), `starttls.rs`, `reinject.rs` the
 //!   re-injection listener's rules), over `data.rs`
 //!   (pure body readers), `policy.rs` (recipient checks, aliases, sender
 //!   ownership), `auth.rs` (where passwords are checked, the brute-force

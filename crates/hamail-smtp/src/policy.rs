@@ -34,6 +34,12 @@ pub trait Tables {
     fn content_checks(&self) -> Result<Option<Arc<hamail_checks::Checks>>, BackendError> {
         Ok(None)
     }
+    /// The DKIM keys this node signs with (the replicated table, loaded
+    /// once per table version by the implementor, never per message);
+    /// `None` when there are none.
+    fn dkim_signers(&self) -> Result<Option<Arc<hamail_dkim::Signers>>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// Whether the user logged in as `login` may use `sender` as the envelope

@@ -264,6 +264,9 @@ impl<'a> Applier<'a> {
                 if self.get(Table::Zones, zone.as_str().as_bytes())?.is_none() {
                     return Ok(Outcome::rejected(format!("no such zone: {zone}")));
                 }
+                if let Some(reason) = self.dkim_records_missing(zone, None)? {
+                    return Ok(Outcome::rejected(reason));
+                }
                 self.delete(Table::Zones, zone.as_str().as_bytes().to_vec());
                 self.put(Table::Zones, ZONES_VERSION_KEY.to_vec(), &ctx.log_index);
                 Ok(Outcome::applied(format!("zone {zone} deleted")))
@@ -361,6 +364,12 @@ impl<'a> Applier<'a> {
                 message_size_limit,
             } => self.domain_set(domain, *message_size_limit, time_ms),
             Command::ChecksReplace { kind, source } => self.checks_replace(*kind, source, time_ms),
+            Command::DkimAdd { domain, keys } => self.dkim_add(domain, keys, ctx),
+            Command::DkimDel {
+                domain,
+                selector,
+                last,
+            } => self.dkim_del(domain, selector, *last, ctx),
             other => Ok(Outcome::rejected(format!(
                 "this node cannot apply {other:?}: upgrade it"
             ))),
@@ -391,13 +400,13 @@ impl<'a> Applier<'a> {
         Ok(None)
     }
 
-    fn zone_state(&self, zone: &DomainName) -> Result<Option<ZoneState>> {
+    pub(crate) fn zone_state(&self, zone: &DomainName) -> Result<Option<ZoneState>> {
         self.get_typed(Table::Zones, zone.as_str().as_bytes(), "zone")
     }
 
     /// Writes a zone's new records with the next serial, after checking the
     /// zone as a whole; the answer names the new serial.
-    fn zone_write(
+    pub(crate) fn zone_write(
         &mut self,
         zone: &DomainName,
         old: Option<ZoneState>,
@@ -407,6 +416,9 @@ impl<'a> Applier<'a> {
     ) -> Result<Outcome> {
         if let Err(e) = zone::check_zone(zone, &records) {
             return Ok(Outcome::rejected(e.to_string()));
+        }
+        if let Some(reason) = self.dkim_records_missing(zone, Some(records.as_slice()))? {
+            return Ok(Outcome::rejected(reason));
         }
         let given = records
             .iter()
@@ -639,6 +651,12 @@ impl<'a> Applier<'a> {
         let recipients = self.count_prefix(Table::Recipients, &domain_prefix(domain))?;
         let aliases = self.count_prefix(Table::Aliases, &domain_prefix(domain))?;
         let users = self.count_users(domain)?;
+        let dkim = self.dkim_key_count(domain)?;
+        if dkim > 0 {
+            return Ok(Outcome::rejected(format!(
+                "domain {domain} still has {dkim} DKIM keys; delete them first (hamail dkim del)"
+            )));
+        }
         if recipients + aliases + users > 0 {
             return Ok(Outcome::rejected(format!(
                 "domain {domain} still has {recipients} recipients, {aliases} aliases and {users} users; delete them first"

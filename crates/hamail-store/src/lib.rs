@@ -6,6 +6,7 @@ mod apply;
 mod checks;
 mod codec;
 mod db;
+mod dkim;
 mod limits;
 mod queue;
 mod snapshot;
@@ -15,11 +16,12 @@ mod users;
 pub use apply::{Applier, ApplyContext};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use db::Store;
+pub use dkim::DkimEntry;
 pub use limits::{DomainSettings, QuotaRecord};
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use tables::{
-    AliasRecord, ChecksRecord, DomainRecord, NodeRecord, RecipientRecord, SenderLoginRecord, Table,
-    TokenRecord, TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState,
+    AliasRecord, ChecksRecord, DkimRecord, DomainRecord, NodeRecord, RecipientRecord,
+    SenderLoginRecord, Table, TokenRecord, TransportRecord, ZONE_HISTORY, ZoneChange, ZoneState,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -38,10 +38,14 @@ pub enum Table {
     /// [`ChecksRecord`]; key `version` a u64 bumped by every change (the
     /// smtpd recompiles when it moves).
     Checks,
+    /// DKIM keys, keyed `domain \0 selector`: [`DkimRecord`]; key
+    /// `\0version` a u64 bumped by every change (the smtpd reloads its
+    /// signers when it moves).
+    Dkim,
 }
 
 impl Table {
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 16] = [
         Table::Domains,
         Table::Recipients,
         Table::Aliases,
@@ -57,6 +61,7 @@ impl Table {
         Table::Quotas,
         Table::DomainSettings,
         Table::Checks,
+        Table::Dkim,
     ];
 
     pub fn cf_name(self) -> &'static str {
@@ -76,6 +81,7 @@ impl Table {
             Table::Quotas => "quotas",
             Table::DomainSettings => "domain_settings",
             Table::Checks => "checks",
+            Table::Dkim => "dkim",
         }
     }
 
@@ -96,6 +102,7 @@ impl Table {
             Table::Quotas => 13,
             Table::DomainSettings => 14,
             Table::Checks => 15,
+            Table::Dkim => 16,
         }
     }
 
@@ -143,6 +150,32 @@ pub struct SenderLoginRecord {
 pub struct ChecksRecord {
     pub source: String,
     pub changed_ms: u64,
+}
+
+/// A DKIM key of one of our domains (keyed `domain \0 selector`); its
+/// TXT record was published in the same entry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimRecord {
+    pub algorithm: hamail_types::DkimAlgorithm,
+    /// RSA: PKCS#1 DER; Ed25519: PKCS#8 DER. Never printed.
+    #[serde(with = "serde_bytes")]
+    pub private_key: Vec<u8>,
+    /// The `p=` text published.
+    pub public_key: String,
+    /// The zone that holds the TXT record.
+    pub zone: DomainName,
+    pub created_ms: u64,
+}
+
+/// Never the private key.
+impl std::fmt::Debug for DkimRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimRecord")
+            .field("algorithm", &self.algorithm)
+            .field("zone", &self.zone)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A join token (keyed by the SHA-256 of its secret).

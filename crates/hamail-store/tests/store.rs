@@ -92,7 +92,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (addr.clone(), 1u64..5000)
             .prop_map(|(address, bytes)| Command::QuotaSet { address, bytes }),
         addr.prop_map(|address| Command::QuotaDel { address }),
-        (domain, prop::option::of(1u64..5000)).prop_map(|(domain, message_size_limit)| {
+        (domain.clone(), prop::option::of(1u64..5000)).prop_map(|(domain, message_size_limit)| {
             Command::DomainSet {
                 domain,
                 message_size_limit,
@@ -108,6 +108,30 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|(kind, source)| Command::ChecksReplace {
                 kind,
                 source: source.into()
+            }),
+        (
+            domain.clone(),
+            prop::sample::select(vec!["s1", "s2"]),
+            prop::sample::select(vec!["AAAA", "BBBB"])
+        )
+            .prop_map(|(domain, selector, p)| Command::DkimAdd {
+                domain,
+                keys: vec![hamail_types::DkimKey {
+                    selector: selector.into(),
+                    algorithm: hamail_types::DkimAlgorithm::Ed25519,
+                    private_key: vec![1; 48],
+                    public_key: p.into(),
+                }],
+            }),
+        (
+            domain,
+            prop::sample::select(vec!["s1", "s2"]),
+            any::<bool>()
+        )
+            .prop_map(|(domain, selector, last)| Command::DkimDel {
+                domain,
+                selector: selector.into(),
+                last,
             }),
     ]
 }

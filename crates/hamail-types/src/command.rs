@@ -262,6 +262,21 @@ pub enum Command {
         kind: hamail_checks::CheckKind,
         source: String,
     },
+    /// Stores DKIM keys of one of our domains and publishes each one's
+    /// TXT record (`SELECTOR._domainkey.DOMAIN`) in the zone of ours that
+    /// holds that name, in this one entry: a node signs with a key only
+    /// once its record is served. All keys or none.
+    DkimAdd {
+        domain: DomainName,
+        keys: Vec<crate::DkimKey>,
+    },
+    /// Removes a key and its TXT record in one entry. The last key of a
+    /// domain only with `last` (signing for the domain stops).
+    DkimDel {
+        domain: DomainName,
+        selector: String,
+        last: bool,
+    },
 }
 
 /// What the cluster knows of a node: its name, site and the addresses the
@@ -477,6 +492,23 @@ impl Command {
             Command::ChecksReplace { kind, source } => hamail_checks::parse(*kind, source)
                 .map(|_| ())
                 .map_err(|e| TypesError::Command(format!("{kind}_checks {e}"))),
+            Command::DkimAdd { domain, keys } => {
+                if keys.is_empty() || keys.len() > crate::dkim::MAX_DKIM_KEYS_PER_ADD {
+                    return bad(format!(
+                        "dkim add {domain}: 1 to {} keys at once",
+                        crate::dkim::MAX_DKIM_KEYS_PER_ADD
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for k in keys {
+                    k.validate()?;
+                    if !seen.insert(k.selector.as_str()) {
+                        return bad(format!("DKIM selector {} appears twice", k.selector));
+                    }
+                }
+                Ok(())
+            }
+            Command::DkimDel { selector, .. } => crate::dkim::check_selector(selector),
             Command::NodeAdmit { info, .. } | Command::NodeRegister { info, .. }
                 if info.name.is_empty() || info.name.len() > 63 || info.rpc_addr.is_empty() =>
             {
@@ -496,6 +528,10 @@ impl Command {
             Command::RecipientImport { entries } => 64 * entries.len(),
             Command::UserImport { users } => 192 * users.len(),
             Command::ChecksReplace { source, .. } => 128 + source.len(),
+            Command::DkimAdd { keys, .. } => keys
+                .iter()
+                .map(|k| 128 + k.private_key.len() + k.public_key.len())
+                .sum(),
             Command::CaRotate { old, new } => {
                 old.cert_pem.len() + old.key_pem.len() + new.cert_pem.len() + new.key_pem.len()
             }
@@ -529,7 +565,9 @@ impl Command {
             | Command::UserRehash { address, .. }
             | Command::QuotaSet { address, .. }
             | Command::QuotaDel { address } => Some(address.domain()),
-            Command::DomainSet { domain, .. } => Some(domain),
+            Command::DomainSet { domain, .. }
+            | Command::DkimAdd { domain, .. }
+            | Command::DkimDel { domain, .. } => Some(domain),
             // A sender-allow entry links two addresses, maybe of two
             // domains; an import spans domains: cluster-wide, like tokens.
             Command::SenderAllow { .. }

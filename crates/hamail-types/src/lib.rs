@@ -4,6 +4,7 @@
 
 mod address;
 pub mod command;
+pub mod dkim;
 mod dnsbl;
 mod domain;
 mod map;
@@ -16,6 +17,7 @@ pub mod zone;
 
 pub use address::MailAddress;
 pub use command::{CaMaterial, CaPhase, CaState, Command, DomainKind, NodeInfo, Outcome};
+pub use dkim::{DkimAlgorithm, DkimKey};
 pub use dnsbl::{AnswerFilter, DnsblSite};
 pub use domain::DomainName;
 /// Which content-check table (header_checks or body_checks).

@@ -18,9 +18,11 @@ use hamail_types::{
 use crate::Verb;
 
 mod checks;
+mod dkim;
 mod quota;
 mod users;
 pub use checks::ChecksVerb;
+pub use dkim::DkimVerb;
 pub use quota::QuotaVerb;
 pub use users::{SenderVerb, UserVerb};
 
@@ -308,6 +310,7 @@ fn request(verb: Verb) -> anyhow::Result<(AdminRequest, bool)> {
         ),
         Verb::Quota(v) => quota::quota_request(v),
         Verb::Checks(v) => checks::checks_request(v)?,
+        Verb::Dkim(v) => dkim::dkim_request(v),
         Verb::Recipient(RecipientVerb::Add { address, value }) => {
             (AdminRequest::RecipientAdd { address, value }, false)
         }
@@ -504,6 +507,7 @@ fn print_result(req: &AdminRequest, result: serde_json::Value, json: bool) -> an
         AdminRequest::QuotaList { .. } => quota::print_quotas(serde_json::from_value(result)?),
         AdminRequest::ChecksList { .. } => checks::print_tables(serde_json::from_value(result)?),
         AdminRequest::ChecksTest { .. } => checks::print_test(serde_json::from_value(result)?),
+        AdminRequest::DkimList => dkim::print_keys(serde_json::from_value(result)?),
         AdminRequest::TransportList => {
             let rows: Vec<TransportRow> = serde_json::from_value(result)?;
             let w = rows.iter().map(|r| r.domain.len()).max().unwrap_or(0);

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod checks_cache;
 mod cli;
+mod dkim_cache;
 mod metrics;
 mod queue_backend;
 mod serve;
@@ -75,6 +76,9 @@ enum Verb {
     /// Header and body checks (Postfix regexp tables): import, list, test, clear.
     #[command(subcommand)]
     Checks(cli::ChecksVerb),
+    /// DKIM signing keys, published in our zones: add, list, del.
+    #[command(subcommand)]
+    Dkim(cli::DkimVerb),
 }
 
 fn main() -> ExitCode {

@@ -42,6 +42,8 @@ pub struct ClusterBackend {
     cluster: OnceLock<Arc<Cluster>>,
     /// Header and body checks, compiled once per table version.
     checks: crate::checks_cache::ChecksCache,
+    /// DKIM signers, loaded once per dkim table version.
+    dkim: crate::dkim_cache::DkimCache,
 }
 
 impl ClusterBackend {
@@ -144,6 +146,10 @@ impl Tables for ClusterBackend {
 
     fn content_checks(&self) -> Result<Option<Arc<hamail_checks::Checks>>, BackendError> {
         self.checks.get(&self.store)
+    }
+
+    fn dkim_signers(&self) -> Result<Option<Arc<hamail_dkim::Signers>>, BackendError> {
+        self.dkim.get(&self.store)
     }
 }
 
@@ -587,6 +593,7 @@ pub fn smtpds(
         node: OnceLock::new(),
         cluster: OnceLock::new(),
         checks: Default::default(),
+        dkim: Default::default(),
     });
     let base = settings(cfg, data_dir)?;
     let needs_auth =

@@ -55,6 +55,10 @@ impl<B: Backend> Session<B> {
             Disposition::Queue => {}
             other => return other,
         }
+        // Signing last, over the message as it will be queued. (Never on
+        // the re-injection listener above: a content filter's mail was
+        // signed, if it was ours, when the MX first took it.)
+        self.dkim_sign(queue_id, pending);
         Disposition::Queue
     }
 }

@@ -12,6 +12,7 @@ mod body;
 mod checks;
 mod conn;
 mod content;
+mod dkim;
 mod envelope;
 mod milter;
 mod reinject;
