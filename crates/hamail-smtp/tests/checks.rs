@@ -2,119 +2,27 @@
 //! fake backend whose `Tables::content_checks` gives compiled tables: the
 //! reply each action gives the client and what reaches the queue.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::Fake;
 use hamail_checks::{CheckKind, Checks, parse};
-use hamail_smtp::{Backend, BackendError, EnqueueError, Settings, Tables, serve_stream};
-use hamail_types::{DomainKind, DomainName, MailAddress, NewMessage, NodeId};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
-use tokio_util::sync::CancellationToken;
-
-struct Fake {
-    queued: Mutex<Vec<NewMessage>>,
-    checks: Result<Option<Arc<Checks>>, BackendError>,
-}
-
-impl Tables for Fake {
-    fn domain_kind(&self, d: &DomainName) -> Result<Option<DomainKind>, BackendError> {
-        Ok((d.as_str() == "example.jp").then_some(DomainKind::Relay))
-    }
-    fn recipient_known(&self, _: &MailAddress) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-    fn alias_targets(&self, _: &MailAddress) -> Result<Option<Vec<MailAddress>>, BackendError> {
-        Ok(None)
-    }
-    fn user_hash(&self, _: &MailAddress) -> Result<Option<String>, BackendError> {
-        Ok(None)
-    }
-    fn sender_logins(&self, _: &MailAddress) -> Result<Vec<MailAddress>, BackendError> {
-        Ok(Vec::new())
-    }
-    fn content_checks(&self) -> Result<Option<Arc<Checks>>, BackendError> {
-        self.checks.clone()
-    }
-}
-
-impl Backend for Fake {
-    fn node_id(&self) -> NodeId {
-        7
-    }
-    fn has_quorum(&self) -> bool {
-        true
-    }
-    async fn enqueue(&self, m: NewMessage) -> Result<(), EnqueueError> {
-        self.queued.lock().unwrap().push(m);
-        Ok(())
-    }
-    async fn rehash(&self, _: MailAddress, _: String, _: String) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
-struct Client {
-    r: BufReader<ReadHalf<DuplexStream>>,
-    w: WriteHalf<DuplexStream>,
-}
-
-impl Client {
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l).await.unwrap() == 0 {
-                return all;
-            }
-            all.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-    async fn cmd(&mut self, line: &str) -> String {
-        self.w
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-}
-
-fn start(fake: Arc<Fake>) -> Client {
-    let (ours, theirs) = tokio::io::duplex(1 << 16);
-    tokio::spawn(serve_stream(
-        fake,
-        Arc::new(Settings::with_defaults("mx.test")),
-        Box::new(theirs),
-        "192.0.2.9:40000".parse().unwrap(),
-        CancellationToken::new(),
-    ));
-    let (r, w) = tokio::io::split(ours);
-    Client {
-        r: BufReader::new(r),
-        w,
-    }
-}
+use hamail_smtp::BackendError;
 
 fn fake(header: &str, body: &str) -> Arc<Fake> {
     Arc::new(Fake {
-        queued: Mutex::new(Vec::new()),
         checks: Ok(Some(Arc::new(Checks {
             header: Some(parse(CheckKind::Header, header).unwrap()),
             body: Some(parse(CheckKind::Body, body).unwrap()),
         }))),
+        ..Fake::default()
     })
 }
 
-/// One transaction on a fresh session; the reply to the end of data.
+/// One transaction from an outside client; the reply to the end of data.
 async fn send(fake: &Arc<Fake>, message: &str) -> String {
-    let mut c = start(fake.clone());
-    assert!(c.reply().await.starts_with("220"));
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@client.test>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<user@example.jp>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.cmd(&format!("{message}\r\n.")).await
+    common::send(fake, "192.0.2.9:40000", "a@client.test", message).await
 }
 
 const HEADER: &str = "\
@@ -161,8 +69,8 @@ async fn each_action_answers_and_queues_as_postfix_does() {
 #[tokio::test]
 async fn unreadable_checks_defer_never_let_mail_through() {
     let f = Arc::new(Fake {
-        queued: Mutex::new(Vec::new()),
         checks: Err(BackendError::Read("disk on fire".into())),
+        ..Fake::default()
     });
     let r = send(&f, "Subject: x\r\n\r\nhi").await;
     assert!(r.starts_with("451 4.3.0 "), "{r}");
@@ -171,10 +79,7 @@ async fn unreadable_checks_defer_never_let_mail_through() {
 
 #[tokio::test]
 async fn no_tables_change_nothing() {
-    let f = Arc::new(Fake {
-        queued: Mutex::new(Vec::new()),
-        checks: Ok(None),
-    });
+    let f = Arc::new(Fake::default());
     let r = send(&f, "Subject: cheap viagra\r\nX-Mailer: x\r\n\r\nhi").await;
     assert!(r.starts_with("250 "), "{r}");
     let body = String::from_utf8(f.queued.lock().unwrap()[0].body.clone()).unwrap();
