@@ -6,18 +6,20 @@
 //! sees, remembered for its version: mail is deferred, never let through
 //! unchecked.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hamail_checks::Checks;
 use hamail_smtp::BackendError;
 use hamail_store::Store;
 use hamail_types::CheckKind;
 
+use crate::versioned::Versioned;
+
 type Compiled = Result<Option<Arc<Checks>>, BackendError>;
 
 #[derive(Default)]
 pub struct ChecksCache {
-    current: Mutex<Option<(u64, Compiled)>>,
+    current: Versioned<Compiled>,
 }
 
 impl ChecksCache {
@@ -25,32 +27,29 @@ impl ChecksCache {
         let version = store
             .checks_version()
             .map_err(|e| BackendError::Read(e.to_string()))?;
-        // Held while compiling: one session compiles, the others wait for it.
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, compiled)) = cur.as_ref()
-            && *v == version
-        {
-            return compiled.clone();
-        }
-        let started = std::time::Instant::now();
-        let compiled = compile(store);
-        match &compiled {
-            Ok(c) => tracing::info!(
-                version,
-                header_rules = c
-                    .as_ref()
-                    .and_then(|c| c.header.as_ref())
-                    .map_or(0, |t| t.rules()),
-                body_rules = c
-                    .as_ref()
-                    .and_then(|c| c.body.as_ref())
-                    .map_or(0, |t| t.rules()),
-                compile_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "header/body checks compiled"
-            ),
-            Err(e) => tracing::error!(version, "header/body checks do not compile here: {e}"),
-        }
-        *cur = Some((version, compiled.clone()));
+        // A table that does not compile is kept as such for its version.
+        let built: Result<Compiled, std::convert::Infallible> = self.current.get(version, || {
+            let started = std::time::Instant::now();
+            let compiled = compile(store);
+            match &compiled {
+                Ok(c) => tracing::info!(
+                    version,
+                    header_rules = c
+                        .as_ref()
+                        .and_then(|c| c.header.as_ref())
+                        .map_or(0, |t| t.rules()),
+                    body_rules = c
+                        .as_ref()
+                        .and_then(|c| c.body.as_ref())
+                        .map_or(0, |t| t.rules()),
+                    compile_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "header/body checks compiled"
+                ),
+                Err(e) => tracing::error!(version, "header/body checks do not compile here: {e}"),
+            }
+            Ok(compiled)
+        });
+        let Ok(compiled) = built;
         compiled
     }
 }

@@ -13,6 +13,7 @@ mod dkim_cache;
 mod metrics;
 mod queue_backend;
 mod serve;
+mod versioned;
 
 #[derive(Debug, Parser)]
 #[command(
