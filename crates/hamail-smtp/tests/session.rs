@@ -1,12 +1,15 @@
 //! Sessions over an in-memory pipe with a fake backend: what the smtpd
 //! answers and what it hands to the queue, without sockets or raft.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::Client;
 use hamail_smtp::{Backend, BackendError, EnqueueError, Settings, Tables, serve_stream};
 use hamail_types::{DomainKind, DomainName, MailAddress, NewMessage, NodeId};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -69,34 +72,6 @@ impl Backend for Fake {
     }
 }
 
-struct Client {
-    r: BufReader<ReadHalf<DuplexStream>>,
-    w: WriteHalf<DuplexStream>,
-}
-
-impl Client {
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l).await.unwrap() == 0 {
-                return all;
-            }
-            all.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-    async fn cmd(&mut self, line: &str) -> String {
-        self.w
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-}
-
 fn test_settings() -> Settings {
     let mut settings = Settings::with_defaults("mx.test");
     settings.message_size_limit = 4096;
@@ -122,14 +97,7 @@ fn start_with(
         "192.0.2.9:40000".parse().unwrap(),
         cancel,
     ));
-    let (r, w) = tokio::io::split(ours);
-    (
-        Client {
-            r: BufReader::new(r),
-            w,
-        },
-        session,
-    )
+    (Client::new(ours), session)
 }
 
 /// Generous bound for a session to end: a test that hangs here has found a

@@ -1,7 +1,7 @@
-//! What the content-stage tests (checks.rs, dkim.rs) share: a fake backend
-//! for one relay domain, example.jp, whose every recipient is known, with
-//! the compiled checks and DKIM signers a test gives it; and a client over
-//! an in-memory pipe.
+//! What the session tests share: a client over an in-memory pipe (every
+//! file), and for the content-stage tests (checks.rs, dkim.rs) a fake
+//! backend for one relay domain, example.jp, whose every recipient is
+//! known, with the compiled checks and DKIM signers a test gives it.
 #![allow(dead_code)] // each test file uses its own part
 
 use std::sync::{Arc, Mutex};
@@ -82,11 +82,20 @@ impl Backend for Fake {
 }
 
 pub struct Client {
-    r: BufReader<ReadHalf<DuplexStream>>,
-    w: WriteHalf<DuplexStream>,
+    pub r: BufReader<ReadHalf<DuplexStream>>,
+    pub w: WriteHalf<DuplexStream>,
 }
 
 impl Client {
+    /// The client end of the pipe whose other end a session serves.
+    pub fn new(ours: DuplexStream) -> Client {
+        let (r, w) = tokio::io::split(ours);
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
     /// One reply, all its lines.
     pub async fn reply(&mut self) -> String {
         let mut all = String::new();
@@ -121,11 +130,7 @@ pub fn start(fake: Arc<Fake>, peer: &str) -> Client {
         peer.parse().unwrap(),
         CancellationToken::new(),
     ));
-    let (r, w) = tokio::io::split(ours);
-    Client {
-        r: BufReader::new(r),
-        w,
-    }
+    Client::new(ours)
 }
 
 /// One transaction from `sender` to user@example.jp on a fresh session
